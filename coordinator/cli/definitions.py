@@ -1,0 +1,54 @@
+"""`conveyor validate` and `conveyor plan`: read pipeline files, report, render."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from coordinator.cli.options import parse_vars, var_option
+from coordinator.frontend import load_file
+
+
+def _report(diagnostics) -> None:
+    for diagnostic in diagnostics:
+        click.echo(str(diagnostic), err=True)
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@var_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", help="How to print diagnostics.")
+def validate(files: tuple[str, ...], variables: tuple[str, ...], fmt: str) -> None:
+    """Check pipeline files; print every problem as file:line:col: error: message."""
+    parameters = parse_vars(variables)
+    invalid = False
+    report = []
+    for file in files:
+        result = load_file(file, parameters)
+        invalid = invalid or not result.ok
+        if fmt == "json":
+            report.append({"file": file, "valid": result.ok, "diagnostics": [d.to_dict() for d in result.diagnostics]})
+        else:
+            _report(result.diagnostics)
+            if result.ok:
+                click.echo(f"{file}: valid ({len(result.plan.jobs)} jobs)")
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(report, indent=2))
+    sys.exit(1 if invalid else 0)
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@var_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "dot", "mermaid"]), default="text", show_default=True)
+def plan(file: str, variables: tuple[str, ...], fmt: str) -> None:
+    """Show the execution plan: levels, critical path and the job graph."""
+    from coordinator.render import RENDERERS
+
+    result = load_file(file, parse_vars(variables))
+    _report(result.diagnostics)
+    if not result.ok:
+        sys.exit(1)
+    click.echo(RENDERERS[fmt](result.plan))

@@ -1,0 +1,245 @@
+"""Compile validated pipeline data into the immutable Plan.
+
+Applies defaults, expands matrices, resolves variables layer by layer and computes the
+DAG facts (levels, critical path, series-parallel structure) the executor needs.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from coordinator.frontend import matrix as matrix_mod
+from coordinator.frontend import variables
+from coordinator.frontend.diagnostics import Diagnostics
+from coordinator.frontend.schema import field_path
+from coordinator.frontend.yaml_source import Path, SourceMap
+from shared import dag, expressions
+from shared.plan import Artifacts, Job, Plan, Resources, RetryPolicy, Step, freeze, frozen_env
+
+DEFAULT_IMAGE = "ubuntu:20.04"
+RUN_ID_PLACEHOLDER = "${CONVEYOR_RUN_ID}"
+STRING_ROOTS = frozenset({"env", "vars", "pipeline"})
+IMAGE_RE = re.compile(
+    r"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?"
+)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_DURATIONS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_memory(value: str | int) -> int:
+    """`512m` -> bytes; plain integers are bytes. Units are binary, as Docker reads them."""
+    if isinstance(value, int):
+        return value
+    text = value.strip().lower().removesuffix("b") if value.strip().lower() not in ("b",) else value
+    unit = text[-1] if text and text[-1] in "kmg" else ""
+    number = float(text[: -1] if unit else text)
+    return int(number * _UNITS[unit])
+
+
+def parse_duration(value: str) -> int:
+    """`30m`, `12h`, `7d` -> seconds."""
+    return int(value[:-1]) * _DURATIONS[value[-1]]
+
+
+def scalar_env(values: Any) -> dict[str, str]:
+    if not isinstance(values, dict):
+        return {}
+    return {str(k): matrix_mod.scalar_text(v) for k, v in values.items()}
+
+
+class Compiler:
+    def __init__(self, data: dict, source: SourceMap, out: Diagnostics, parameters: Mapping[str, str], run_id: str):
+        self.data = data
+        self.source = source
+        self.out = out
+        self.parameters = dict(parameters)
+        self.run_id = run_id
+        self.pipeline = str(data["name"])
+        self.defaults: dict = data.get("defaults") or {}
+        self.global_env = scalar_env(data.get("global_env"))
+        policy = data.get("retry_policy") or {}
+        self.retry_policy = RetryPolicy(
+            max_attempts=policy.get("max_attempts", 1),
+            backoff_base=float(policy.get("backoff_base", 5)),
+            backoff_max=float(policy.get("backoff_max", 120)),
+        )
+
+    # -- helpers -------------------------------------------------------------------
+    def error(self, path: Path, message: str, hint: str | None = None) -> None:
+        self.out.error(self.source.nearest(path), message, hint)
+
+    def expression(self, env: Mapping[str, str]) -> Callable[[str], str]:
+        context = expressions.Context(env=env, vars=self.parameters, pipeline={"name": self.pipeline})
+
+        def evaluate(source: str) -> str:
+            problems = expressions.check(source, roots=STRING_ROOTS, status_functions=False)
+            if problems:
+                raise variables.VariableError(f"{problems[0].message} in '${{{{ {source.strip()} }}}}'")
+            try:
+                return expressions.to_text(expressions.evaluate(source, context))
+            except expressions.ExpressionError as exc:
+                raise variables.VariableError(f"{exc.message} in '${{{{ {source.strip()} }}}}'") from None
+
+        return evaluate
+
+    def resolve(self, layers: list[dict[str, str]], paths: list[Path]) -> dict[str, str] | None:
+        """Merge and resolve env layers (highest first); report errors at their own layer."""
+        try:
+            return variables.resolve_layers(layers, expression=self.expression(_merge(layers)))
+        except variables.VariableErrorGroup as group:
+            for name, problem in group.errors:
+                layer = next((i for i, layer in enumerate(layers) if name in layer), None)
+                path = paths[layer] + (name,) if layer is not None and paths[layer] else paths[-1]
+                self.error(path, f"{field_path(path)}: {problem.message}", problem.hint)
+            return None
+
+    def substitute(self, text: Any, scope: Mapping[str, str], path: Path) -> Any:
+        if not isinstance(text, str) or "$" not in text:
+            return text
+        try:
+            return variables.substitute(text, scope.get, self.expression(scope))
+        except variables.VariableError as problem:
+            self.error(path, f"{field_path(path)}: {problem.message}", problem.hint)
+            return text
+
+    def substitute_tree(self, value: Any, scope: Mapping[str, str], path: Path) -> Any:
+        if isinstance(value, dict):
+            return {k: self.substitute_tree(v, scope, path + (k,)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.substitute_tree(v, scope, path + (i,)) for i, v in enumerate(value)]
+        return self.substitute(value, scope, path)
+
+    def check_image(self, image: str, path: Path) -> None:
+        if "${" not in image and not IMAGE_RE.fullmatch(image):
+            self.error(path, f"{field_path(path)}: '{image}' is not a valid image reference", "expected [registry/]repo[:tag][@sha256:digest]")
+
+    # -- jobs ----------------------------------------------------------------------
+    def system_env(self, job: str) -> dict[str, str]:
+        return {
+            "CI": "true",
+            "CONVEYOR": "true",
+            "CONVEYOR_PIPELINE": self.pipeline,
+            "CONVEYOR_RUN_ID": self.run_id,
+            "CONVEYOR_JOB": job,
+        }
+
+    def compile_job(self, base: str, raw: dict, expansion: matrix_mod.Expansion, depends_on: tuple[str, ...]) -> Job | None:
+        path: Path = ("jobs", base)
+        job_env_raw = scalar_env(raw.get("environment") if "environment" in raw else self.defaults.get("environment"))
+        env_path = path + ("environment",) if "environment" in raw else ("defaults", "environment")
+        job_layer = {**job_env_raw, **dict(expansion.values)}
+        layers = [self.parameters, job_layer, self.global_env, self.system_env(expansion.name)]
+        job_env = self.resolve(layers, [(), env_path, ("global_env",), ()])
+        if job_env is None:
+            return None
+        image = self.substitute(raw.get("image", self.defaults.get("image", DEFAULT_IMAGE)), job_env, path + ("image",))
+        if isinstance(image, str):
+            self.check_image(image, path + ("image",))
+        steps = []
+        for i, step_raw in enumerate(raw.get("steps") or []):
+            step = self.compile_step(step_raw, path + ("steps", i), layers, job_layer, env_path, image)
+            if step is not None:
+                steps.append(step)
+        artifacts_raw = self.substitute_tree(raw.get("artifacts") or {}, job_env, path + ("artifacts",))
+        resources_raw = raw.get("resources", self.defaults.get("resources")) or {}
+        deploy = raw.get("deploy")
+        if deploy is not None:
+            deploy = self.substitute_tree(deploy, job_env, path + ("deploy",))
+        return Job(
+            name=expansion.name,
+            base_name=base,
+            steps=tuple(steps),
+            image=image,
+            environment=frozen_env(job_env),
+            depends_on=depends_on,
+            matrix=expansion.values,
+            timeout=raw.get("timeout", self.defaults.get("timeout", 3600)),
+            retry_count=raw.get("retry_count", self.defaults.get("retry_count", self.retry_policy.max_attempts - 1)),
+            retry_policy=self.retry_policy,
+            conditional=raw.get("conditional", "success()"),
+            allow_failure=raw.get("allow_failure", False),
+            resources=Resources(
+                cpus=resources_raw.get("cpus"),
+                memory_bytes=parse_memory(resources_raw["memory"]) if "memory" in resources_raw else None,
+            ),
+            secrets=tuple(raw.get("secrets") or ()),
+            artifacts=Artifacts(
+                paths=tuple(artifacts_raw.get("paths") or ()),
+                expire_in_seconds=parse_duration(artifacts_raw["expire_in"]) if "expire_in" in artifacts_raw else None,
+                name=artifacts_raw.get("name"),
+            ),
+            deploy=freeze(deploy) if deploy is not None else None,
+        )
+
+    def compile_step(self, raw: dict, path: Path, job_layers: list[dict[str, str]], job_layer: dict,
+                     job_env_path: Path, job_image: str) -> Step | None:
+        step_layer = scalar_env(raw.get("environment"))
+        system = {**job_layers[-1], "CONVEYOR_STEP": str(raw.get("name", ""))}
+        layers = [self.parameters, step_layer, job_layer, self.global_env, system]
+        env = self.resolve(layers, [(), path + ("environment",), job_env_path, ("global_env",), ()])
+        if env is None:
+            return None
+        image = self.substitute(raw.get("image", job_image), env, path + ("image",))
+        if isinstance(image, str) and "image" in raw:
+            self.check_image(image, path + ("image",))
+        workdir = self.substitute(raw.get("working_directory", "."), env, path + ("working_directory",))
+        return Step(
+            name=raw["name"],
+            image=image,
+            environment=frozen_env(env),
+            working_directory=posixpath.normpath(workdir) if isinstance(workdir, str) else ".",
+            timeout=raw.get("timeout", 1800),
+            retry_count=raw.get("retry_count", 0),
+            continue_on_failure=raw.get("continue_on_failure", False),
+            script=tuple(raw.get("script") or ()),
+            action=raw.get("action"),
+        )
+
+    # -- pipeline ------------------------------------------------------------------
+    def compile(self) -> Plan | None:
+        raw_jobs: dict[str, dict] = self.data["jobs"]
+        expansions = {base: matrix_mod.expand(base, raw.get("matrix")) for base, raw in raw_jobs.items()}
+        jobs: dict[str, Job] = {}
+        for base, raw in raw_jobs.items():
+            deps = tuple(e.name for dep in raw.get("depends_on") or () for e in expansions[dep])
+            deps = tuple(dict.fromkeys(deps))
+            for expansion in expansions[base]:
+                job = self.compile_job(base, raw, expansion, deps)
+                if job is not None:
+                    jobs[job.name] = job
+        if self.out.has_errors:
+            return None
+        graph = {name: job.depends_on for name, job in jobs.items()}
+        path, length = dag.critical_path(graph, {name: float(job.timeout) for name, job in jobs.items()})
+        decomposition = dag.series_parallel(graph)
+        return Plan(
+            pipeline=self.pipeline,
+            source_file=self.out.file,
+            jobs=MappingProxyType(jobs),
+            levels=dag.kahn_levels(graph),
+            critical_path=tuple(path),
+            critical_path_seconds=length,
+            dependents=MappingProxyType(dag.dependents(graph)),
+            structure=freeze(dag.to_dict(decomposition.root)),
+            barriers=tuple(freeze(dag.barrier_to_dict(b)) for b in decomposition.barriers),
+            timeout=self.data.get("timeout", 7200),
+            global_env=frozen_env(self.global_env),
+            parameters=frozen_env(self.parameters),
+            environments=freeze(self.data.get("environments") or {}),
+            triggers=tuple(freeze(t) for t in self.data.get("triggers") or ()),
+        )
+
+
+def _merge(layers: list[dict[str, str]]) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for layer in reversed(layers):
+        merged.update(layer)
+    return merged
+
+
+def compile_plan(data: dict, source: SourceMap, out: Diagnostics, parameters: Mapping[str, str] | None = None,
+                 run_id: str = RUN_ID_PLACEHOLDER) -> Plan | None:
+    return Compiler(data, source, out, parameters or {}, run_id).compile()

@@ -1,0 +1,361 @@
+"""The pipeline schema (cerberus) and the mapping of its errors onto source positions.
+
+Validation is split in two: the top level, then each job on its own. Validating jobs one
+by one keeps cerberus fast on pipelines with thousands of jobs and keeps each error's
+path short and exact.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import cerberus
+
+from coordinator.frontend.diagnostics import Diagnostics, did_you_mean
+from coordinator.frontend.yaml_source import Path, SourceMap
+
+NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+ENV_NAME_RE = r"[A-Za-z_][A-Za-z0-9_]*"
+DURATION_RE = r"[1-9][0-9]*[smhd]"
+MEMORY_RE = r"[1-9][0-9]*(\.[0-9]+)?[kmgKMG]?[bB]?"
+
+SCALAR = ["string", "int", "number", "boolean"]
+ENV_MAP = {"type": "dict", "keysrules": {"type": "string", "regex": ENV_NAME_RE}, "valuesrules": {"type": SCALAR}}
+NAME_LIST = {"type": "list", "schema": {"type": "string"}}
+
+
+def _int(lo: int, hi: int) -> dict:
+    return {"type": "int", "min": lo, "max": hi}
+
+
+RESOURCES = {
+    "type": "dict",
+    "schema": {
+        "cpus": {"type": "number", "min": 0.01, "max": 1024},
+        "memory": {"type": ["string", "int"], "regex": MEMORY_RE, "min": 4 * 1024 * 1024},
+    },
+}
+
+STEP = {
+    "name": {"type": "string", "required": True, "empty": False},
+    "script": {"type": "list", "minlength": 1, "schema": {"type": "string"}},
+    "action": {"type": "string", "empty": False},
+    "image": {"type": "string", "empty": False},
+    "environment": ENV_MAP,
+    "working_directory": {"type": "string", "empty": False},
+    "timeout": _int(1, 1800),
+    "retry_count": _int(0, 3),
+    "continue_on_failure": {"type": "boolean"},
+}
+
+HEALTH_CHECK = {
+    "type": {"type": "string", "allowed": ["http", "tcp", "command"], "required": True},
+    "path": {"type": "string"},
+    "command": {"type": "string"},
+    "interval": {"type": "number", "min": 0.1, "max": 3600},
+    "timeout": {"type": "number", "min": 0.1, "max": 600},
+    "success_threshold": _int(1, 100),
+    "failure_threshold": _int(1, 100),
+}
+
+ENVIRONMENT = {
+    "router": {
+        "type": "dict",
+        "required": True,
+        "schema": {
+            "type": {"type": "string", "allowed": ["haproxy"], "required": True},
+            "admin": {"type": "string", "required": True, "regex": r"(unix|tcp)://.+"},
+            "backend": {"type": "string", "required": True, "empty": False},
+        },
+    },
+    "provider": {
+        "type": "dict",
+        "required": True,
+        "schema": {
+            "type": {"type": "string", "allowed": ["command", "docker"], "required": True},
+            "start": {"type": "string"},
+            "stop": {"type": "string"},
+            "image": {"type": "string"},
+            "port": _int(1, 65535),
+            "docker_host": {"type": "string"},
+        },
+    },
+    "instances": {
+        "type": "list",
+        "required": True,
+        "minlength": 1,
+        "schema": {
+            "type": "dict",
+            "schema": {
+                "name": {"type": "string", "required": True, "regex": NAME_RE},
+                "address": {"type": "string", "required": True, "regex": r"[^\s:]+:[0-9]{1,5}"},
+            },
+        },
+    },
+    "spare": {"type": "list", "schema": {"type": "string", "regex": r"[^\s:]+:[0-9]{1,5}"}},
+    "health_check": {"type": "dict", "schema": HEALTH_CHECK},
+}
+
+CANARY_STEP = {
+    "type": "dict",
+    "minlength": 1,
+    "maxlength": 1,
+    "schema": {
+        "set_weight": _int(0, 100),
+        "pause": {"type": ["int", "dict"], "min": 0, "max": 86400, "schema": {}},
+        "approval": {
+            "type": "dict",
+            "schema": {
+                "name": {"type": "string", "required": True, "regex": NAME_RE},
+                "timeout": _int(1, 604800),
+                "on_timeout": {"type": "string", "allowed": ["abort", "promote"]},
+            },
+        },
+    },
+}
+
+DEPLOY = {
+    "environment": {"type": "string", "required": True, "empty": False},
+    "version": {"type": ["string", "int", "number"], "required": True},
+    "strategy": {"type": "string", "required": True, "allowed": ["rolling", "blue_green", "canary"]},
+    "rolling": {
+        "type": "dict",
+        "schema": {
+            "batch_size": _int(1, 1000),
+            "max_unavailable": _int(0, 1000),
+            "max_surge": _int(0, 1000),
+            "drain_timeout": _int(0, 3600),
+            "progress_deadline": _int(1, 86400),
+        },
+    },
+    "blue_green": {
+        "type": "dict",
+        "schema": {
+            "auto_promote": {"type": "boolean"},
+            "promote_after": _int(0, 86400),
+            "pre_promotion_analysis": {"type": "boolean"},
+            "keep_old_for": _int(0, 86400),
+        },
+    },
+    "canary": {
+        "type": "dict",
+        "schema": {
+            "steps": {"type": "list", "minlength": 1, "schema": CANARY_STEP},
+            "analysis": {
+                "type": "dict",
+                "schema": {
+                    "interval": {"type": "number", "min": 0.1, "max": 3600},
+                    "min_requests": _int(0, 10**9),
+                    "max_error_rate": {"type": "number", "min": 0, "max": 1},
+                    "max_p99_ms": {"type": "number", "min": 1, "max": 3600000},
+                    "failure_limit": _int(1, 100),
+                },
+            },
+        },
+    },
+    "rollback_on_failure": {"type": "boolean"},
+}
+
+JOB = {
+    "steps": {"type": "list", "minlength": 1, "schema": {"type": "dict", "schema": STEP}},
+    "deploy": {"type": "dict", "schema": DEPLOY},
+    "depends_on": NAME_LIST,
+    "image": {"type": "string", "empty": False},
+    "environment": ENV_MAP,
+    "artifacts": {
+        "type": "dict",
+        "schema": {
+            "paths": {"type": "list", "schema": {"type": "string", "empty": False}},
+            "expire_in": {"type": "string", "regex": DURATION_RE},
+            "name": {"type": "string", "regex": NAME_RE},
+        },
+    },
+    "timeout": _int(1, 3600),
+    "retry_count": _int(0, 5),
+    "conditional": {"type": "string", "empty": False},
+    "allow_failure": {"type": "boolean"},
+    "matrix": {
+        "type": "dict",
+        "minlength": 1,
+        "keysrules": {"type": "string", "regex": ENV_NAME_RE},
+        "valuesrules": {"type": "list", "minlength": 1, "schema": {"type": SCALAR}},
+    },
+    "resources": RESOURCES,
+    "secrets": {"type": "list", "schema": {"type": "string", "regex": ENV_NAME_RE}},
+}
+
+PIPELINE = {
+    "name": {"type": "string", "required": True, "regex": NAME_RE},
+    "jobs": {"type": "dict", "required": True, "minlength": 1, "keysrules": {"type": "string", "regex": NAME_RE}},
+    "global_env": ENV_MAP,
+    "timeout": _int(1, 86400),
+    "retry_policy": {
+        "type": "dict",
+        "schema": {
+            "max_attempts": _int(1, 6),
+            "backoff_base": {"type": "number", "min": 0, "max": 3600},
+            "backoff_max": {"type": "number", "min": 0, "max": 86400},
+        },
+    },
+    "defaults": {
+        "type": "dict",
+        "schema": {
+            "image": {"type": "string", "empty": False},
+            "timeout": _int(1, 3600),
+            "retry_count": _int(0, 5),
+            "environment": ENV_MAP,
+            "resources": RESOURCES,
+        },
+    },
+    "triggers": {"type": "list", "schema": {"type": "dict"}},
+    "environments": {
+        "type": "dict",
+        "keysrules": {"type": "string", "regex": NAME_RE},
+        "valuesrules": {"type": "dict", "schema": ENVIRONMENT},
+    },
+}
+
+TYPE_NAMES = {
+    "string": "a string",
+    "int": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "dict": "a mapping",
+    "list": "a list",
+}
+
+
+class _Validator(cerberus.Validator):
+    # cerberus counts booleans as integers; YAML users mean `timeout: true` as a mistake.
+    types_mapping = {
+        **cerberus.Validator.types_mapping,
+        "int": cerberus.TypeDefinition("int", (int,), (bool,)),
+        "number": cerberus.TypeDefinition("number", (int, float), (bool,)),
+    }
+
+
+_pipeline_validator = _Validator(PIPELINE, allow_unknown=False)
+_job_validator = _Validator(JOB, allow_unknown=False)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (dict, list)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def field_path(path: Path) -> str:
+    """`jobs.build.steps[0].timeout` for ('jobs', 'build', 'steps', 0, 'timeout')."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<document>"
+
+
+def _leaf_errors(errors: Iterable[cerberus.errors.ValidationError]) -> Iterable[cerberus.errors.ValidationError]:
+    for error in errors:
+        if error.is_group_error:
+            yield from _leaf_errors(error.child_errors)
+        else:
+            yield error
+
+
+def _allowed_keys(schema: dict, path: Path) -> list[str]:
+    """The field names the schema allows in the mapping at ``path`` (for "did you mean")."""
+    node: Any = {"schema": schema}
+    for part in path:
+        sub = node.get("schema")
+        if isinstance(sub, dict) and "type" in sub and isinstance(sub.get("schema"), dict):
+            node = sub  # a list whose items have a schema: the index selects the item
+            if isinstance(part, int):
+                continue
+        if isinstance(part, int):
+            continue
+        if not isinstance(sub, dict):
+            return []
+        if part in sub:
+            node = sub[part]
+        elif "valuesrules" in node:
+            node = node["valuesrules"]
+        else:
+            return []
+    sub = node.get("schema")
+    if isinstance(sub, dict) and "type" in sub and isinstance(sub.get("schema"), dict):
+        sub = sub["schema"]
+    return sorted(sub) if isinstance(sub, dict) else []
+
+
+def _report(error: Any, base: Path, schema: dict, source: SourceMap, out: Diagnostics) -> None:
+    path: Path = tuple(base) + tuple(error.document_path)
+    rule, constraint, value = error.rule, error.constraint, error.value
+    where = field_path(path)
+    if error.code == cerberus.errors.UNKNOWN_FIELD.code:
+        name = path[-1]
+        parent = path[:-1]
+        hint = did_you_mean(str(name), _allowed_keys(schema, tuple(error.document_path)[:-1]))
+        owner = field_path(parent)
+        out.error(source.key(path) or source.nearest(path), f"unknown field '{name}' in {owner}", hint)
+        return
+    if rule == "required":
+        parent = path[:-1]
+        out.error(source.nearest(parent), f"{field_path(parent)}: missing required field '{path[-1]}'")
+        return
+    position = source.nearest(path)
+    if rule == "keysrules":
+        return  # reported through its child errors
+    if rule == "type":
+        wanted = constraint if isinstance(constraint, list) else [constraint]
+        names = " or ".join(TYPE_NAMES.get(t, t) for t in wanted)
+        out.error(position, f"{where}: must be {names}, got {_describe(value)}")
+    elif rule == "min":
+        out.error(position, f"{where}: must be at least {_describe(constraint)}, got {_describe(value)}")
+    elif rule == "max":
+        out.error(position, f"{where}: must be at most {_describe(constraint)}, got {_describe(value)}")
+    elif rule == "minlength":
+        out.error(position, f"{where}: must have at least {constraint} item{'s' if constraint != 1 else ''}")
+    elif rule == "maxlength":
+        out.error(position, f"{where}: must have at most {constraint} item{'s' if constraint != 1 else ''}")
+    elif rule == "empty":
+        out.error(position, f"{where}: must not be empty")
+    elif rule == "allowed":
+        hint = did_you_mean(str(value), [str(c) for c in constraint])
+        options = ", ".join(str(c) for c in constraint)
+        out.error(position, f"{where}: {_describe(value)} is not one of: {options}", hint)
+    elif rule == "regex":
+        if source.key(path) and isinstance(path[-1], str) and path[-1] == value:
+            position = source.key(path)  # an invalid mapping key: point at the key itself
+        out.error(position, f"{where}: {_describe(value)} does not match {constraint}")
+    else:
+        out.error(position, f"{where}: invalid value {_describe(value)} ({rule})")
+
+
+def _run(validator: _Validator, document: Any, base: Path, source: SourceMap, out: Diagnostics) -> None:
+    validator.validate(document)
+    for error in _leaf_errors(validator._errors):
+        _report(error, base, validator.schema, source, out)
+
+
+def validate_schema(data: Any, source: SourceMap, out: Diagnostics) -> bool:
+    """Check ``data`` against the pipeline schema, adding one diagnostic per problem."""
+    before = len(out.errors)
+    if not isinstance(data, dict):
+        out.error(source.nearest(()), f"a pipeline must be a mapping, got {_describe(data)}")
+        return False
+    top = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("."))}
+    jobs = top.get("jobs")
+    _run(_pipeline_validator, {**top, "jobs": jobs} if not isinstance(jobs, dict) else {**top, "jobs": {k: {} for k in jobs}}, (), source, out)
+    if isinstance(jobs, dict):
+        for name, job in jobs.items():
+            path = ("jobs", name)
+            if not isinstance(job, dict):
+                out.error(source.nearest(path), f"jobs.{name}: a job must be a mapping, got {_describe(job)}")
+                continue
+            _run(_job_validator, job, path, source, out)
+    return len(out.errors) == before

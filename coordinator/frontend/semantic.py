@@ -1,0 +1,189 @@
+"""Semantic checks a schema cannot express: references, cycles, paths, expressions.
+
+Runs on the loaded data even when the schema found problems, guarding every access, so a
+single pass reports as much as it can.
+"""
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from coordinator.frontend import matrix as matrix_mod
+from coordinator.frontend.diagnostics import Diagnostics, did_you_mean
+from coordinator.frontend.schema import field_path
+from coordinator.frontend.yaml_source import Path, SourceMap
+from shared import dag, expressions
+
+BUILTIN_ACTIONS = ("noop",)
+CONDITION_ROOTS = frozenset({"env", "vars", "jobs", "pipeline"})
+
+
+def escapes_workspace(path: str) -> bool:
+    """True for absolute paths and relative paths whose `..` climb above the workspace."""
+    if path.startswith("/") or path.startswith("\\"):
+        return True
+    normal = posixpath.normpath(path.replace("\\", "/"))
+    return normal == ".." or normal.startswith("../")
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _strings(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+class SemanticChecker:
+    def __init__(self, data: dict, source: SourceMap, out: Diagnostics):
+        self.data = data
+        self.source = source
+        self.out = out
+        self.jobs: dict = _mapping(data.get("jobs"))
+
+    def error(self, path: Path, message: str, hint: str | None = None, *, at_key: bool = False) -> None:
+        position = (self.source.key(path) if at_key else None) or self.source.nearest(path)
+        self.out.error(position, message, hint)
+
+    def run(self) -> None:
+        for name, job in self.jobs.items():
+            if isinstance(job, dict):
+                self.check_job(str(name), job)
+        self.check_dependencies()
+        self.check_environments()
+
+    # -- jobs ----------------------------------------------------------------------
+    def check_job(self, name: str, job: dict) -> None:
+        path: Path = ("jobs", name)
+        has_steps, has_deploy = "steps" in job, "deploy" in job
+        if has_steps and has_deploy:
+            self.error(path + ("deploy",), f"job '{name}' has both 'steps' and 'deploy'", "a job runs steps or deploys, not both", at_key=True)
+        elif not has_steps and not has_deploy:
+            self.error(path, f"job '{name}' has neither 'steps' nor 'deploy'", "add a 'steps:' list")
+        steps = job.get("steps")
+        if isinstance(steps, list):
+            self.check_steps(name, steps)
+        matrix = job.get("matrix")
+        if isinstance(matrix, dict) and all(isinstance(v, list) for v in matrix.values()):
+            count = matrix_mod.expansion_count(matrix)
+            if count > matrix_mod.MAX_EXPANSIONS:
+                self.error(path + ("matrix",), f"job '{name}': matrix expands to {count} jobs, more than {matrix_mod.MAX_EXPANSIONS}", at_key=True)
+        for i, pattern in enumerate(_strings(_mapping(job.get("artifacts")).get("paths"))):
+            if escapes_workspace(pattern):
+                self.error(path + ("artifacts", "paths", i), f"job '{name}': artifact path '{pattern}' escapes the workspace", "use a path relative to the workspace, without '..' above it")
+        conditional = job.get("conditional")
+        if isinstance(conditional, str):
+            self.check_expression(conditional, path + ("conditional",), CONDITION_ROOTS, status_functions=True)
+            self.check_condition_jobs(name, job, conditional, path + ("conditional",))
+
+    def check_steps(self, job_name: str, steps: list) -> None:
+        seen: dict[str, int] = {}
+        for i, step in enumerate(steps):
+            if not isinstance(step, dict):
+                continue
+            path: Path = ("jobs", job_name, "steps", i)
+            step_name = step.get("name")
+            if isinstance(step_name, str):
+                if step_name in seen:
+                    self.error(path + ("name",), f"job '{job_name}': duplicate step name '{step_name}' (first used by step {seen[step_name] + 1})")
+                else:
+                    seen[step_name] = i
+            label = f"job '{job_name}' step '{step_name}'" if isinstance(step_name, str) else f"job '{job_name}' step {i + 1}"
+            if "script" in step and "action" in step:
+                self.error(path + ("action",), f"{label} has both 'script' and 'action'", "a step runs a script or an action, not both", at_key=True)
+            elif "script" not in step and "action" not in step:
+                self.error(path, f"{label} has neither 'script' nor 'action'", "add a 'script:' list")
+            action = step.get("action")
+            if isinstance(action, str) and action not in BUILTIN_ACTIONS:
+                hint = did_you_mean(action, BUILTIN_ACTIONS) or f"built-in actions: {', '.join(BUILTIN_ACTIONS)}"
+                self.error(path + ("action",), f"{label}: unknown action '{action}'", hint)
+            workdir = step.get("working_directory")
+            if isinstance(workdir, str) and escapes_workspace(workdir):
+                self.error(path + ("working_directory",), f"{label}: working_directory '{workdir}' escapes the workspace", "use a path relative to the workspace, without '..' above it")
+
+    def check_expression(self, source: str, path: Path, roots: frozenset[str], *, status_functions: bool) -> None:
+        for problem in expressions.check(source, roots=roots, status_functions=status_functions):
+            self.error(path, f"{field_path(path)}: {problem.message} in expression '{source}'")
+
+    def check_condition_jobs(self, name: str, job: dict, source: str, path: Path) -> None:
+        try:
+            used = expressions.referenced_jobs(expressions.parse(source))
+        except expressions.ExpressionError:
+            return  # already reported by check_expression
+        upstream = self.ancestors(name)
+        for other in sorted(used):
+            if other not in upstream:
+                hint = (f"add '{other}' to depends_on" if self.base_name(other) in self.jobs
+                        else did_you_mean(other, self.jobs))
+                self.error(path, f"job '{name}': conditional refers to job '{other}', which is not upstream of it", hint)
+
+    # -- dependencies --------------------------------------------------------------
+    def base_name(self, name: str) -> str:
+        return name.split("[", 1)[0]
+
+    def dependency_names(self, job: Any) -> list[str]:
+        return _strings(_mapping(job).get("depends_on"))
+
+    def ancestors(self, name: str) -> set[str]:
+        seen: set[str] = set()
+        stack = list(self.dependency_names(self.jobs.get(name)))
+        while stack:
+            dep = stack.pop()
+            if dep in seen or dep not in self.jobs:
+                continue
+            seen.add(dep)
+            stack.extend(self.dependency_names(self.jobs.get(dep)))
+        expanded = set(seen)
+        for dep in seen:
+            job = _mapping(self.jobs.get(dep))
+            if isinstance(job.get("matrix"), dict):
+                try:
+                    expanded.update(e.name for e in matrix_mod.expand(dep, job["matrix"]))
+                except TypeError:
+                    pass
+        return expanded
+
+    def check_dependencies(self) -> None:
+        graph: dict[str, list[str]] = {}
+        for name, job in self.jobs.items():
+            deps = _mapping(job).get("depends_on")
+            graph[name] = []
+            if not isinstance(deps, list):
+                continue
+            seen: set[str] = set()
+            for i, dep in enumerate(deps):
+                if not isinstance(dep, str):
+                    continue
+                path: Path = ("jobs", name, "depends_on", i)
+                if dep == name:
+                    self.error(path, f"job '{name}' depends on itself", "remove it from depends_on")
+                elif dep not in self.jobs:
+                    self.error(path, f"job '{name}' depends on unknown job '{dep}'", did_you_mean(dep, self.jobs))
+                elif dep in seen:
+                    self.out.warning(self.source.nearest(path), f"job '{name}' lists '{dep}' in depends_on twice")
+                else:
+                    graph[name].append(dep)
+                seen.add(dep)
+        for loop in dag.cycles(graph):
+            first, second = loop[0], loop[1]
+            index = self.dependency_names(self.jobs[first]).index(second)
+            self.error(("jobs", first, "depends_on", index), "circular dependency: " + " -> ".join(loop))
+
+    # -- deployments ---------------------------------------------------------------
+    def check_environments(self) -> None:
+        environments = _mapping(self.data.get("environments"))
+        for name, job in self.jobs.items():
+            deploy = _mapping(_mapping(job).get("deploy"))
+            env_name = deploy.get("environment")
+            path: Path = ("jobs", name, "deploy", "environment")
+            if isinstance(env_name, str) and env_name not in environments:
+                hint = did_you_mean(env_name, environments) or "define it under the top-level 'environments:'"
+                self.error(path, f"job '{name}' deploys to unknown environment '{env_name}'", hint)
+            strategy = deploy.get("strategy")
+            if strategy == "canary" and "canary" not in deploy:
+                self.error(("jobs", name, "deploy", "strategy"), f"job '{name}': strategy 'canary' needs a 'canary:' section with steps")
+
+
+def check_semantics(data: Any, source: SourceMap, out: Diagnostics) -> None:
+    if isinstance(data, dict):
+        SemanticChecker(data, source, out).run()
