@@ -1,0 +1,115 @@
+"""Configuration from `CONVEYOR_*` environment variables and an optional conveyor.toml.
+
+The environment wins over the file. Nothing here imports Celery, boto3 or docker.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+# Longest job (3600 s) plus its retries' backoff and start-up, with a wide margin: a
+# message must not be redelivered while its job may legitimately still run. The lease in
+# the state store makes an early redelivery harmless, this keeps it rare.
+DEFAULT_VISIBILITY_TIMEOUT = 2 * 3600
+# Longer than the longest pipeline (86400 s) so chord counters never vanish mid-run.
+RESULT_EXPIRES = 2 * 86400
+
+_KEYS = {
+    "broker_url": "CONVEYOR_BROKER_URL",
+    "result_backend": "CONVEYOR_RESULT_BACKEND",
+    "state_url": "CONVEYOR_STATE_URL",
+    "artifacts_url": "CONVEYOR_ARTIFACTS_URL",
+    "s3_endpoint_url": "CONVEYOR_S3_ENDPOINT_URL",
+    "executor": "CONVEYOR_EXECUTOR",
+    "data_dir": "CONVEYOR_DATA_DIR",
+    "visibility_timeout": "CONVEYOR_VISIBILITY_TIMEOUT",
+    "metrics_port": "CONVEYOR_METRICS_PORT",
+    "flower_auth": "CONVEYOR_FLOWER_AUTH",
+    "lease_seconds": "CONVEYOR_LEASE_SECONDS",
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _redis_db_plus_one(url: str) -> str:
+    parts = urlsplit(url)
+    path = parts.path.strip("/")
+    db = int(path) if path.isdigit() else 0
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db + 1}", parts.query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str | None = None
+    result_backend: str | None = None
+    state_url: str | None = None
+    artifacts_url: str | None = None
+    s3_endpoint_url: str | None = None
+    executor: str | None = None
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "conveyor")
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
+    metrics_port: int | None = None
+    flower_auth: str | None = None
+    lease_seconds: float = 30.0
+
+    @property
+    def embedded(self) -> bool:
+        """No broker configured: run everything in this process."""
+        return not self.broker_url
+
+    @property
+    def effective_result_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        if self.embedded:
+            return "cache+memory://"
+        return _redis_db_plus_one(self.broker_url or "")
+
+    @property
+    def effective_state_url(self) -> str:
+        if self.state_url:
+            return self.state_url
+        if self.embedded:
+            return f"sqlite:///{self.data_dir / 'state.db'}"
+        return self.broker_url or ""
+
+    @property
+    def effective_artifacts_url(self) -> str:
+        return self.artifacts_url or f"file://{self.data_dir / 'artifacts'}"
+
+
+def load_settings(environ: Mapping[str, str] | None = None, config_file: str | Path | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    path = Path(config_file) if config_file else Path("conveyor.toml")
+    if config_file or path.is_file():
+        try:
+            with open(path, "rb") as handle:
+                values.update(tomllib.load(handle))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    for key, var in _KEYS.items():
+        if environ.get(var):
+            values[key] = environ[var]
+    unknown = set(values) - set(_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(_KEYS)}")
+    try:
+        for key in ("visibility_timeout", "metrics_port"):
+            if key in values:
+                values[key] = int(values[key])  # type: ignore[arg-type]
+        if "lease_seconds" in values:
+            values["lease_seconds"] = float(values["lease_seconds"])  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(f"invalid number in configuration: {exc}") from None
+    if "data_dir" in values:
+        values["data_dir"] = Path(str(values["data_dir"])).expanduser()
+    if values.get("executor") not in (None, "docker", "local"):
+        raise ConfigError(f"CONVEYOR_EXECUTOR must be 'docker' or 'local', got {values['executor']!r}")
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,106 @@
+"""Fixtures for the state store tests: a real redis-server per session, a store per backend."""
+from __future__ import annotations
+
+import itertools
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+
+from shared.state import JobMeta, StateStore, open_state
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_redis(tmp: Path, *extra: str) -> tuple[subprocess.Popen, int]:
+    """Start a throwaway redis-server; fail the test (never skip) if it does not answer."""
+    port = free_port()
+    try:
+        proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(tmp), *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError as exc:
+        pytest.fail(f"cannot start {REDIS_SERVER}: {exc}")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"redis-server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64):
+                    return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail("redis-server did not answer within 10 s")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis:// URL of a redis-server started for this test session."""
+    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite file for the session: tests use fresh run ids, and a new file per test
+    would cost more than the test itself."""
+    return f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/state.db"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.slow)])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a state store, once per backend (Redis is flushed before each test)."""
+    if request.param == "redis":
+        request.getfixturevalue("redis_client")
+        return request.getfixturevalue("redis_url")
+    return request.getfixturevalue("sqlite_url")
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[StateStore]:
+    state = open_state(store_url)
+    yield state
+    state.close()
+
+
+_run_ids = itertools.count(1)
+
+
+def new_run(store: StateStore, *jobs: str, allow_failure: tuple[str, ...] = (), meta: dict | None = None) -> str:
+    """Create a run with the given jobs (default: one job `build`); returns its id."""
+    run_id = f"run-{next(_run_ids)}"
+    names = jobs or ("build",)
+    store.create_run(
+        run_id,
+        "demo",
+        {name: JobMeta(allow_failure=name in allow_failure) for name in names},
+        {"levels": [list(names)]},
+        meta or {},
+    )
+    return run_id

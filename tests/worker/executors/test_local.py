@@ -1,0 +1,128 @@
+"""The local executor: the shared contract, plus what only host processes need."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.worker.executors.conftest import Contract, drive
+from worker.executors import select_executor
+from worker.executors.base import InfrastructureError, Limits
+from worker.executors.local import DEFAULT_PATH, LocalExecutor
+
+
+@pytest.fixture
+def executor(tmp_path: Path) -> LocalExecutor:
+    return LocalExecutor(scripts_root=tmp_path / "jobs")
+
+
+@pytest.fixture
+def image() -> str:
+    return "ignored-by-local:latest"
+
+
+@pytest.fixture
+def kill_grace() -> float:
+    return 0.3
+
+
+@pytest.fixture
+def short_timeout() -> float:
+    return 0.5
+
+
+class TestLocalContract(Contract):
+    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_scripts_live_outside_the_workspace_and_go_with_cleanup(executor, job, step, tmp_path):
+    executor.prepare(job)
+    result = drive(executor, job, step("echo hi"))
+    assert result.outcome.succeeded
+    scripts = list((tmp_path / "jobs").glob("*/scripts/step-*.sh"))
+    assert len(scripts) == 1 and job.workspace not in scripts[0].parents
+    executor.cleanup(job)
+    assert list((tmp_path / "jobs").iterdir()) == []
+
+
+def test_default_path_and_a_private_home_when_the_step_sets_none(executor, job, step, tmp_path):
+    executor.prepare(job)
+    try:
+        result = drive(executor, job, step('echo "path=$PATH"', 'echo "home=$HOME"', 'test -d "$HOME"'))
+        own = drive(executor, job, step('echo "path=$PATH"', env={"PATH": "/bin:/usr/bin"}))
+    finally:
+        executor.cleanup(job)
+    assert result.outcome.succeeded
+    assert f"path={DEFAULT_PATH}" in result.stdout
+    home = next(t for t in result.stdout if t.startswith("home="))[len("home="):]
+    assert Path(home).parent.parent == tmp_path / "jobs"
+    assert home != os.environ.get("HOME")
+    assert "path=/bin:/usr/bin" in own.stdout
+
+
+def test_background_processes_do_not_outlive_the_step(run, step, job):
+    result = run(step("sleep 30 &", "echo $! > bg.pid", "echo done"))
+    assert result.outcome.succeeded
+    assert result.elapsed < 5, "tail waited for the background process"
+    pid = int((job.workspace / "bg.pid").read_text())
+    assert not _alive(pid)
+
+
+def test_step_reads_no_input(run, step):
+    result = run(step("cat", "echo read-nothing"))
+    assert result.outcome.succeeded and "read-nothing" in result.stdout
+
+
+def test_unenforced_limits_are_warned_about_once(run, step, caplog):
+    caplog.set_level(logging.WARNING)
+    limited = Limits(memory_bytes=64 * 2**20, cpus=0.5)
+    run(step("true", limits=limited))
+    run(step("true", limits=limited))
+    warnings = [r for r in caplog.records if "does not enforce" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "CONVEYOR_EXECUTOR=docker" in warnings[0].getMessage()
+
+
+def test_missing_shell_is_an_infrastructure_error(job, step, tmp_path):
+    executor = LocalExecutor(scripts_root=tmp_path / "jobs", shell="/nonexistent/sh")
+    with pytest.raises(InfrastructureError):
+        executor.start(job, step("true"))
+    executor.cleanup(job)
+
+
+def test_select_local_by_name():
+    assert isinstance(select_executor(" Local "), LocalExecutor)
+
+
+def test_select_unknown_name_is_refused():
+    with pytest.raises(ValueError, match="CONVEYOR_EXECUTOR"):
+        select_executor("podman")
+
+
+def test_select_without_a_name_and_no_engine_falls_back_to_local_with_one_warning(
+    monkeypatch, caplog, tmp_path
+):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    caplog.set_level(logging.WARNING)
+    executor = select_executor(None)
+    assert isinstance(executor, LocalExecutor)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "CONVEYOR_EXECUTOR" in warnings[0].getMessage()
+
+
+def test_select_docker_by_name_without_an_engine_fails_loudly(monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    with pytest.raises(InfrastructureError):
+        select_executor("docker")

@@ -1,0 +1,441 @@
+"""The Docker executor: each step runs in its own hardened, labelled container.
+
+The job workspace (a host directory) is bind-mounted at ``/workspace`` and the job's
+scripts directory read-only at ``/conveyor/scripts``; the step runs
+``/bin/sh -e /conveyor/scripts/step-NNN.sh`` with the step env as the container env.
+The engine must see the worker's filesystem (a local socket, or a remote engine sharing
+the same paths), since both mounts are host paths.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from worker.executors.base import (
+    DEFAULT_MAX_LINE_CHARS,
+    InfrastructureError,
+    JobDirectories,
+    JobSpec,
+    LogLine,
+    LogPump,
+    Reason,
+    StepHandle,
+    StepOutcome,
+    StepSpec,
+    Stream,
+    classify,
+    resolve_working_directory,
+)
+from worker.executors.scripts import SHELL, script_name, write_script
+
+WORKSPACE_MOUNT = "/workspace"
+SCRIPTS_MOUNT = "/conveyor/scripts"
+
+LABEL_RUN = "conveyor.run"
+LABEL_JOB = "conveyor.job"
+LABEL_STEP = "conveyor.step"
+LABEL_STEP_INDEX = "conveyor.step_index"
+LABEL_WORKER = "conveyor.worker"
+
+# Docker's default set minus what a build step has no business with: raw sockets (ARP/ICMP
+# spoofing on the bridge), device nodes, chroot, file capabilities, capability-set changes
+# and the kernel audit log. CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETUID, SETGID, KILL and
+# NET_BIND_SERVICE stay: package managers (apt drops to the _apt user), tests that bind
+# port 80, and `chown` in build scripts need them.
+DEFAULT_CAP_DROP: tuple[str, ...] = (
+    "NET_RAW",
+    "MKNOD",
+    "SYS_CHROOT",
+    "SETFCAP",
+    "SETPCAP",
+    "AUDIT_WRITE",
+)
+
+DEFAULT_ENGINE_TIMEOUT = 60.0
+# A log follower and a waiter per running step, plus kills and cleanups: more than
+# docker-py's default pool of 10 connections for a worker running several jobs.
+POOL_SIZE = 32
+_ENGINE_DOWN = (requests.exceptions.ConnectionError, docker.errors.DockerException)
+
+
+def connect(timeout: float = DEFAULT_ENGINE_TIMEOUT) -> docker.DockerClient:
+    """A client for the engine of ``DOCKER_HOST`` (or the local socket), pinged once.
+
+    Raises InfrastructureError when no engine answers within ``timeout`` seconds.
+    """
+    try:
+        client = docker.from_env(timeout=timeout, max_pool_size=POOL_SIZE)
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise InfrastructureError(f"no Docker engine answered: {exc}") from exc
+    return client
+
+
+@contextmanager
+def _engine(action: str) -> Iterator[None]:
+    """Turn engine failures into InfrastructureError; NotFound passes for callers to judge."""
+    try:
+        yield
+    except docker.errors.NotFound:
+        raise
+    except _ENGINE_DOWN as exc:
+        raise InfrastructureError(f"docker engine failed to {action}: {exc}") from exc
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:limit]
+
+
+def _message(exc: Exception) -> str:
+    explanation = getattr(exc, "explanation", None)
+    return str(explanation or exc)
+
+
+class DockerStepHandle(StepHandle):
+    """A step running in container ``container_id``."""
+
+    def __init__(self, job: JobSpec, step: StepSpec) -> None:
+        super().__init__(job, step)
+        self.container_id: str | None = None
+
+
+class DockerExecutor:
+    """Runs each step in a container of the step's image. Thread-safe per handle."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        client: docker.DockerClient | None = None,
+        *,
+        scripts_root: Path | None = None,
+        cap_drop: Sequence[str] = DEFAULT_CAP_DROP,
+        max_line_chars: int = DEFAULT_MAX_LINE_CHARS,
+    ) -> None:
+        self._client = client if client is not None else connect()
+        self._api = self._client.api
+        self._dirs = JobDirectories(scripts_root)
+        self._cap_drop = list(cap_drop)
+        self._max_line_chars = max_line_chars
+        self._containers: dict[tuple[str, str], set[str]] = {}
+        self._lock = threading.Lock()
+        self._init: bool | None = None
+
+    # -- job lifecycle -------------------------------------------------------------------
+
+    def prepare(self, job: JobSpec) -> None:
+        """Create the job's scripts directory."""
+        self._dirs.ensure(job)
+
+    def cleanup(self, job: JobSpec) -> None:
+        """Force-remove every container of the job, then its scripts; keep the workspace.
+
+        Goes on past individual failures so one bad container does not leak the others;
+        raises InfrastructureError at the end if the engine failed.
+        """
+        with self._lock:
+            ids = self._containers.pop((job.run_id, job.job), set())
+        failures: list[str] = []
+        try:
+            with _engine("list containers"):
+                for container in self._labelled(job.worker_name, job.run_id):
+                    if container.labels.get(LABEL_JOB) == job.job:
+                        ids.add(container.id)
+        except InfrastructureError as exc:
+            failures.append(str(exc))
+        for container_id in ids:
+            try:
+                with _engine("remove a container"):
+                    self._api.remove_container(container_id, force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except InfrastructureError as exc:
+                failures.append(str(exc))
+        self._dirs.remove(job)
+        if failures:
+            raise InfrastructureError("; ".join(failures))
+
+    def reap_orphans(self, worker_name: str) -> int:
+        """Force-remove containers labelled with this worker that this instance did not start."""
+        with self._lock:
+            ours = set().union(*self._containers.values()) if self._containers else set()
+        removed = 0
+        with _engine("reap orphan containers"):
+            for container in self._labelled(worker_name):
+                if container.id in ours:
+                    continue
+                try:
+                    container.remove(force=True, v=True)
+                except docker.errors.NotFound:
+                    continue
+                removed += 1
+        return removed
+
+    def _labelled(self, worker_name: str, run_id: str | None = None) -> list[Any]:
+        labels = [f"{LABEL_WORKER}={worker_name}"]
+        if run_id is not None:
+            labels.append(f"{LABEL_RUN}={run_id}")
+        return self._client.containers.list(all=True, filters={"label": labels})
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def start(self, job: JobSpec, step: StepSpec) -> DockerStepHandle:
+        """Get the image, create the step's container and start it.
+
+        Image and working-directory problems become the handle's outcome; engine failures
+        raise InfrastructureError; a working_directory escaping the workspace ValueError.
+        """
+        handle = DockerStepHandle(job, step)
+        scripts = self._dirs.ensure(job) / "scripts"
+        write_script(scripts, step.index, step.script)
+        host_cwd = resolve_working_directory(job.workspace, step.working_directory)
+        if not host_cwd.is_dir():
+            handle.fail_early(
+                "script_failure",
+                f"working directory {step.working_directory!r} does not exist in the workspace",
+            )
+            return handle
+        if not self._ensure_image(handle):
+            return handle
+        options = self._container_options(job, step, scripts, host_cwd)
+        try:
+            with _engine("create a container"):
+                container = self._client.containers.create(**options)
+        except docker.errors.ImageNotFound as exc:
+            # Removed between the check and the create.
+            handle.fail_early("image_pull_failure", f"cannot use image {step.image!r}: {_message(exc)}")
+            return handle
+        except docker.errors.NotFound as exc:
+            # e.g. the configured network does not exist: the worker's setup, not the step.
+            raise InfrastructureError(f"cannot create the step's container: {_message(exc)}") from exc
+        handle.container_id = container.id
+        with self._lock:
+            self._containers.setdefault((job.run_id, job.job), set()).add(container.id)
+        try:
+            with _engine("start a container"):
+                try:
+                    container.start()
+                except docker.errors.APIError as exc:
+                    if not self._is_image_fault(exc):
+                        raise
+                    # e.g. the image has no /bin/sh: the step cannot run, retrying won't help.
+                    handle.fail_early(
+                        "script_failure", f"cannot run the step in {step.image!r}: {_message(exc)}", 127
+                    )
+                    return handle
+        except docker.errors.NotFound as exc:
+            raise InfrastructureError(f"cannot start the step's container: {_message(exc)}") from exc
+        handle.started = time.monotonic()
+        return handle
+
+    def tail(self, handle: StepHandle) -> Iterator[LogLine]:
+        """stdout and stderr lines as the engine logs them; ends when the container stops."""
+        assert isinstance(handle, DockerStepHandle)
+        if handle.early_outcome is not None:
+            yield from handle.early_lines
+            return
+        pump = LogPump(self._max_line_chars)
+        # One follow stream per output keeps them apart without attach's race (output
+        # written between its log replay and its live attach is lost) or its back-pressure
+        # (an attached client that reads slowly blocks the step's writes).
+        for stream in ("stdout", "stderr"):
+            pump.add(stream, self._follow(handle.container_id or "", stream))  # type: ignore[arg-type]
+        yield from pump.lines()
+
+    def _follow(self, container_id: str, stream: Stream) -> Iterator[bytes]:
+        try:
+            yield from self._api.logs(
+                container_id,
+                stdout=stream == "stdout",
+                stderr=stream == "stderr",
+                stream=True,
+                follow=True,
+            )
+        except docker.errors.NotFound:
+            return  # removed by cleanup: nothing more will come
+
+    def wait(self, handle: StepHandle) -> StepOutcome:
+        """Wait for the container to exit, stopping it at the step timeout; map the result."""
+        assert isinstance(handle, DockerStepHandle)
+        if handle.outcome is not None:
+            return handle.outcome
+        container_id = handle.container_id
+        assert container_id is not None
+        result: dict[str, Any] | None = None
+        while result is None:
+            remaining = handle.remaining()
+            if remaining <= 0:
+                self.kill(handle, "timeout")
+                result = self._wait_exit(container_id, None)
+            else:
+                result = self._wait_exit(container_id, remaining)
+        exit_code: int | None = result.get("StatusCode")
+        oom_killed = False
+        try:
+            with _engine("inspect a container"):
+                state = self._api.inspect_container(container_id)["State"]
+            exit_code = state.get("ExitCode", exit_code)
+            oom_killed = bool(state.get("OOMKilled"))
+        except docker.errors.NotFound:
+            pass  # removed by a concurrent cleanup; the wait result is all there is
+        with handle.lock:
+            handle.finished.set()
+            if handle.outcome is None:
+                handle.outcome = StepOutcome(
+                    exit_code,
+                    classify(exit_code, handle.kill_reason, oom_killed),
+                    time.monotonic() - handle.started,
+                )
+            return handle.outcome
+
+    def _wait_exit(self, container_id: str, timeout: float | None) -> dict[str, Any] | None:
+        """The engine's wait result, or None when ``timeout`` passed first."""
+        try:
+            return self._api.wait(container_id, timeout=timeout)
+        except requests.exceptions.ReadTimeout:
+            return None
+        except requests.exceptions.ConnectionError as exc:
+            # Over a unix socket docker-py reports a read timeout as a ConnectionError.
+            if timeout is not None and "timed out" in str(exc).lower():
+                return None
+            raise InfrastructureError(f"docker engine failed to wait for a container: {exc}") from exc
+        except docker.errors.NotFound:
+            return {"StatusCode": None}
+        except docker.errors.DockerException as exc:
+            raise InfrastructureError(f"docker engine failed to wait for a container: {exc}") from exc
+
+    def kill(self, handle: StepHandle, reason: Reason = "cancelled") -> None:
+        """``docker stop`` with the job's grace: SIGTERM, grace, SIGKILL; blocks until stopped."""
+        assert isinstance(handle, DockerStepHandle)
+        if not handle.claim_kill(reason) or handle.container_id is None:
+            return
+        # The engine takes whole seconds; round up so the step gets at least its grace.
+        grace = math.ceil(handle.job.kill_grace)
+        try:
+            with _engine("stop a container"):
+                self._api.stop(handle.container_id, timeout=grace)
+        except docker.errors.NotFound:
+            pass
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _ensure_image(self, handle: DockerStepHandle) -> bool:
+        """Make the step's image present per the pull policy; False (and an outcome) if not."""
+        image, policy = handle.step.image, handle.job.pull_policy
+        if policy != "always":
+            try:
+                self._client.images.get(image)
+                return True
+            except docker.errors.NotFound:
+                if policy == "never":
+                    handle.fail_early(
+                        "image_pull_failure",
+                        f"image {image!r} is not on this worker and pull_policy is 'never'",
+                    )
+                    return False
+            except docker.errors.APIError as exc:
+                if self._is_server_error(exc):
+                    raise InfrastructureError(f"docker engine failed to look up {image!r}: {exc}") from exc
+                handle.fail_early("image_pull_failure", f"invalid image {image!r}: {_message(exc)}")
+                return False
+            except _ENGINE_DOWN as exc:
+                raise InfrastructureError(f"docker engine failed to look up {image!r}: {exc}") from exc
+        try:
+            self._client.images.pull(image)
+        except docker.errors.APIError as exc:
+            # Registry failures (unknown repository, auth, network) reach us as API errors
+            # of every status; they are the image's problem, not the engine's.
+            handle.fail_early("image_pull_failure", f"cannot pull image {image!r}: {_message(exc)}")
+            return False
+        except _ENGINE_DOWN as exc:
+            raise InfrastructureError(f"docker engine failed to pull {image!r}: {exc}") from exc
+        return True
+
+    @staticmethod
+    def _is_server_error(exc: docker.errors.APIError) -> bool:
+        return exc.status_code is None or exc.status_code >= 500
+
+    @staticmethod
+    def _is_image_fault(exc: docker.errors.APIError) -> bool:
+        """The runtime could not exec the step's shell in the image (e.g. no /bin/sh)."""
+        text = _message(exc).lower()
+        return "executable file not found" in text or "no such file or directory" in text
+
+    def _has_init(self) -> bool:
+        """Whether the engine has docker-init (tini), so a step's shell is not PID 1.
+
+        A shell as PID 1 ignores SIGTERM, which would turn every stop into a SIGKILL
+        after the grace period.
+        """
+        if self._init is None:
+            with _engine("report its version"):
+                version = self._client.version()
+                components = version.get("Components") or []
+                found = any(c.get("Name") == "docker-init" for c in components)
+                if not found:
+                    commit = (self._client.info().get("InitCommit") or {}).get("ID", "N/A")
+                    found = commit not in ("", "N/A")
+            self._init = found
+        return self._init
+
+    def _container_options(
+        self, job: JobSpec, step: StepSpec, scripts: Path, host_cwd: Path
+    ) -> dict[str, Any]:
+        workspace = job.workspace.resolve()
+        relative = host_cwd.relative_to(workspace).as_posix()
+        limits = step.limits
+        options: dict[str, Any] = {
+            "image": step.image,
+            "entrypoint": [SHELL, "-e"],
+            "command": [f"{SCRIPTS_MOUNT}/{script_name(step.index)}"],
+            "environment": dict(step.env),
+            "working_dir": str(PurePosixPath(WORKSPACE_MOUNT) / relative),
+            "volumes": {
+                str(workspace): {"bind": WORKSPACE_MOUNT, "mode": "rw"},
+                str(scripts): {"bind": SCRIPTS_MOUNT, "mode": "ro"},
+            },
+            "labels": {
+                LABEL_RUN: job.run_id,
+                LABEL_JOB: job.job,
+                LABEL_STEP: step.name,
+                LABEL_STEP_INDEX: str(step.index),
+                LABEL_WORKER: job.worker_name,
+            },
+            "name": "-".join(
+                ["conveyor", _slug(job.run_id), _slug(job.job), str(step.index), secrets.token_hex(3)]
+            ),
+            "detach": True,
+            "privileged": False,
+            "security_opt": ["no-new-privileges"],
+            "cap_drop": self._cap_drop,
+            "network_mode": job.network,
+            "read_only": job.read_only_root,
+        }
+        if self._has_init():
+            options["init"] = True
+        if limits.pids is not None:
+            options["pids_limit"] = limits.pids
+        if limits.memory_bytes is not None:
+            # memswap equal to memory: no swap, so a step over its limit is OOM-killed
+            # (and reported as `oom`) instead of crawling through swap until its timeout.
+            options["mem_limit"] = limits.memory_bytes
+            options["memswap_limit"] = limits.memory_bytes
+        if limits.cpus is not None:
+            options["nano_cpus"] = int(limits.cpus * 1e9)
+        if job.read_only_root:
+            options["tmpfs"] = {"/tmp": "rw,nosuid,nodev"}
+        if job.user is not None:
+            options["user"] = job.user
+        return options
