@@ -63,8 +63,12 @@ def plan_text(plan: Plan) -> str:
             if job.allow_failure:
                 detail += ", may fail"
             lines.append(f"{indent}{branch}{name}  ({detail})")
-    for barrier in plan.barriers:
-        lines.append(f"note: not series-parallel; {barrier}")
+    if plan.barriers:
+        waiting = sum(len(b["waits"]) for b in plan.barriers)
+        lines.append(
+            f"note: the graph is not series-parallel; {len(plan.barriers)} barrier(s) make {waiting} job(s) "
+            "wait for jobs they do not depend on (see --format json, \"barriers\")"
+        )
     return "\n".join(lines)
 
 
