@@ -44,6 +44,11 @@ def parse_duration(value: str) -> int:
     return int(value[:-1]) * _DURATIONS[value[-1]]
 
 
+def literal(text: str) -> str:
+    """A value that substitution leaves exactly as it is (matrix values, system values)."""
+    return text.replace("$", "$$")
+
+
 def scalar_env(values: Any) -> dict[str, str]:
     if not isinstance(values, dict):
         return {}
@@ -56,6 +61,8 @@ class Compiler:
         self.source = source
         self.out = out
         self.parameters = dict(parameters)
+        # run parameters are taken literally: `--var PW='a$b'` must not be expanded
+        self.parameter_layer = {k: literal(v) for k, v in self.parameters.items()}
         self.run_id = run_id
         self.pipeline = str(data["name"])
         self.defaults: dict = data.get("defaults") or {}
@@ -91,7 +98,7 @@ class Compiler:
             return variables.resolve_layers(layers, expression=self.expression(_merge(layers)))
         except variables.VariableErrorGroup as group:
             for name, problem in group.errors:
-                layer = next((i for i, layer in enumerate(layers) if name in layer), None)
+                layer = problem.layer if problem.layer is not None else next((i for i, layer in enumerate(layers) if name in layer), None)
                 path = paths[layer] + (name,) if layer is not None and paths[layer] else paths[-1]
                 self.error(path, f"{field_path(path)}: {problem.message}", problem.hint)
             return None
@@ -100,7 +107,7 @@ class Compiler:
         if not isinstance(text, str) or "$" not in text:
             return text
         try:
-            return variables.substitute(text, scope.get, self.expression(scope))
+            return variables.substitute(text, scope.get, self.expression(scope), known=scope)
         except variables.VariableError as problem:
             self.error(path, f"{field_path(path)}: {problem.message}", problem.hint)
             return text
@@ -118,20 +125,21 @@ class Compiler:
 
     # -- jobs ----------------------------------------------------------------------
     def system_env(self, job: str) -> dict[str, str]:
-        return {
+        values = {
             "CI": "true",
             "CONVEYOR": "true",
             "CONVEYOR_PIPELINE": self.pipeline,
             "CONVEYOR_RUN_ID": self.run_id,
             "CONVEYOR_JOB": job,
         }
+        return {name: literal(value) for name, value in values.items()}
 
     def compile_job(self, base: str, raw: dict, expansion: matrix_mod.Expansion, depends_on: tuple[str, ...]) -> Job | None:
         path: Path = ("jobs", base)
         job_env_raw = scalar_env(raw.get("environment") if "environment" in raw else self.defaults.get("environment"))
         env_path = path + ("environment",) if "environment" in raw else ("defaults", "environment")
-        job_layer = {**job_env_raw, **dict(expansion.values)}
-        layers = [self.parameters, job_layer, self.global_env, self.system_env(expansion.name)]
+        job_layer = {**job_env_raw, **{k: literal(v) for k, v in expansion.values}}
+        layers = [self.parameter_layer, job_layer, self.global_env, self.system_env(expansion.name)]
         job_env = self.resolve(layers, [(), env_path, ("global_env",), ()])
         if job_env is None:
             return None
@@ -177,14 +185,16 @@ class Compiler:
     def compile_step(self, raw: dict, path: Path, job_layers: list[dict[str, str]], job_layer: dict,
                      job_env_path: Path, job_image: str) -> Step | None:
         step_layer = scalar_env(raw.get("environment"))
-        system = {**job_layers[-1], "CONVEYOR_STEP": str(raw.get("name", ""))}
-        layers = [self.parameters, step_layer, job_layer, self.global_env, system]
+        system = {**job_layers[-1], "CONVEYOR_STEP": literal(str(raw.get("name", "")))}
+        layers = [self.parameter_layer, step_layer, job_layer, self.global_env, system]
         env = self.resolve(layers, [(), path + ("environment",), job_env_path, ("global_env",), ()])
         if env is None:
             return None
-        image = self.substitute(raw.get("image", job_image), env, path + ("image",))
-        if isinstance(image, str) and "image" in raw:
-            self.check_image(image, path + ("image",))
+        image = job_image
+        if "image" in raw:
+            image = self.substitute(raw["image"], env, path + ("image",))
+            if isinstance(image, str):
+                self.check_image(image, path + ("image",))
         workdir = self.substitute(raw.get("working_directory", "."), env, path + ("working_directory",))
         return Step(
             name=raw["name"],

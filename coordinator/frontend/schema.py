@@ -269,26 +269,18 @@ def _leaf_errors(errors: Iterable[cerberus.errors.ValidationError]) -> Iterable[
 
 def _allowed_keys(schema: dict, path: Path) -> list[str]:
     """The field names the schema allows in the mapping at ``path`` (for "did you mean")."""
-    node: Any = {"schema": schema}
+    rules: dict = {"type": "dict", "schema": schema}
     for part in path:
-        sub = node.get("schema")
-        if isinstance(sub, dict) and "type" in sub and isinstance(sub.get("schema"), dict):
-            node = sub  # a list whose items have a schema: the index selects the item
-            if isinstance(part, int):
-                continue
-        if isinstance(part, int):
-            continue
-        if not isinstance(sub, dict):
-            return []
-        if part in sub:
-            node = sub[part]
-        elif "valuesrules" in node:
-            node = node["valuesrules"]
+        sub = rules.get("schema")
+        if isinstance(part, int) or rules.get("type") == "list":
+            rules = sub if isinstance(sub, dict) else {}
+        elif isinstance(sub, dict) and part in sub:
+            rules = sub[part]
+        elif "valuesrules" in rules:
+            rules = rules["valuesrules"]
         else:
             return []
-    sub = node.get("schema")
-    if isinstance(sub, dict) and "type" in sub and isinstance(sub.get("schema"), dict):
-        sub = sub["schema"]
+    sub = rules.get("schema")
     return sorted(sub) if isinstance(sub, dict) else []
 
 
@@ -313,7 +305,10 @@ def _report(error: Any, base: Path, schema: dict, source: SourceMap, out: Diagno
     if rule == "type":
         wanted = constraint if isinstance(constraint, list) else [constraint]
         names = " or ".join(TYPE_NAMES.get(t, t) for t in wanted)
-        out.error(position, f"{where}: must be {names}, got {_describe(value)}")
+        hint = None
+        if "string" in wanted and isinstance(value, (bool, int, float)):
+            hint = f"quote it to make it text: '{_describe(value)}'"
+        out.error(position, f"{where}: must be {names}, got {_describe(value)}", hint)
     elif rule == "min":
         out.error(position, f"{where}: must be at least {_describe(constraint)}, got {_describe(value)}")
     elif rule == "max":
@@ -336,10 +331,33 @@ def _report(error: Any, base: Path, schema: dict, source: SourceMap, out: Diagno
         out.error(position, f"{where}: invalid value {_describe(value)} ({rule})")
 
 
-def _run(validator: _Validator, document: Any, base: Path, source: SourceMap, out: Diagnostics) -> None:
+def _run(validator: _Validator, schema: dict, document: Any, base: Path, source: SourceMap, out: Diagnostics) -> None:
     validator.validate(document)
     for error in _leaf_errors(validator._errors):
-        _report(error, base, validator.schema, source, out)
+        _report(error, base, schema, source, out)
+
+
+def _string_keys(value: Any, path: Path, source: SourceMap, out: Diagnostics) -> Any:
+    """A copy without non-string mapping keys (each reported): cerberus cannot sort them."""
+    stack = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            for key in [k for k in node if not isinstance(k, str)]:
+                out.error(source.key(where + (key,)) or source.nearest(where),
+                          f"{field_path(where)}: mapping key {_describe(key)} must be text", "quote it")
+            stack.extend((v, where + (k,)) for k, v in node.items() if isinstance(k, str))
+        elif isinstance(node, list):
+            stack.extend((v, where + (i,)) for i, v in enumerate(node))
+    return _without_bad_keys(value)
+
+
+def _without_bad_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_bad_keys(v) for k, v in value.items() if isinstance(k, str)}
+    if isinstance(value, list):
+        return [_without_bad_keys(v) for v in value]
+    return value
 
 
 def validate_schema(data: Any, source: SourceMap, out: Diagnostics) -> bool:
@@ -348,14 +366,15 @@ def validate_schema(data: Any, source: SourceMap, out: Diagnostics) -> bool:
     if not isinstance(data, dict):
         out.error(source.nearest(()), f"a pipeline must be a mapping, got {_describe(data)}")
         return False
+    data = _string_keys(data, (), source, out)
     top = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("."))}
     jobs = top.get("jobs")
-    _run(_pipeline_validator, {**top, "jobs": jobs} if not isinstance(jobs, dict) else {**top, "jobs": {k: {} for k in jobs}}, (), source, out)
+    _run(_pipeline_validator, PIPELINE, {**top, "jobs": jobs} if not isinstance(jobs, dict) else {**top, "jobs": {k: {} for k in jobs}}, (), source, out)
     if isinstance(jobs, dict):
         for name, job in jobs.items():
             path = ("jobs", name)
             if not isinstance(job, dict):
                 out.error(source.nearest(path), f"jobs.{name}: a job must be a mapping, got {_describe(job)}")
                 continue
-            _run(_job_validator, job, path, source, out)
+            _run(_job_validator, JOB, job, path, source, out)
     return len(out.errors) == before
