@@ -111,6 +111,10 @@ class DockerStepHandle(StepHandle):
         self.container_id: str | None = None
 
 
+# Logs up to this size are re-read after the follow stream ends (see _follow).
+_RECHECK_LIMIT = 8 * 1024 * 1024
+
+
 class DockerExecutor:
     """Runs each step in a container of the step's image. Thread-safe per handle."""
 
@@ -255,14 +259,26 @@ class DockerExecutor:
         yield from pump.lines()
 
     def _follow(self, container_id: str, stream: Stream) -> Iterator[bytes]:
+        received = 0
         try:
-            yield from self._api.logs(
+            for chunk in self._api.logs(
                 container_id,
                 stdout=stream == "stdout",
                 stderr=stream == "stderr",
                 stream=True,
                 follow=True,
-            )
+            ):
+                received += len(chunk)
+                yield chunk
+            # The engine can end a follow stream before it has delivered a final line that
+            # has no newline (seen with the json-file driver): read the stored log once
+            # more and hand over whatever the stream missed, so nothing is silently cut.
+            if received <= _RECHECK_LIMIT:
+                stored = self._api.logs(
+                    container_id, stdout=stream == "stdout", stderr=stream == "stderr", stream=False, follow=False
+                )
+                if len(stored) > received:
+                    yield stored[received:]
         except docker.errors.NotFound:
             return  # removed by cleanup: nothing more will come
 

@@ -12,51 +12,7 @@ import pytest
 import redis
 
 from shared.state import JobMeta, StateStore, open_state
-
-REDIS_SERVER = "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_redis(tmp: Path, *extra: str) -> tuple[subprocess.Popen, int]:
-    """Start a throwaway redis-server; fail the test (never skip) if it does not answer."""
-    port = free_port()
-    try:
-        proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(tmp), *extra],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    except OSError as exc:
-        pytest.fail(f"cannot start {REDIS_SERVER}: {exc}")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"redis-server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(64):
-                    return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    pytest.fail("redis-server did not answer within 10 s")
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A redis:// URL of a redis-server started for this test session."""
-    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=10)
-
+from tests.services import free_port, start_redis  # noqa: F401  (re-exported for tests)
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:

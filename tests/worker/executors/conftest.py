@@ -28,53 +28,7 @@ from worker.executors.base import (
     StepSpec,
 )
 
-BUSYBOX_IMAGE = "conveyor-test/busybox"
-
-
-@pytest.fixture(scope="session")
-def docker_client():
-    """A client of the local engine; errors (so the test FAILS) when none answers."""
-    from worker.executors.docker import connect
-
-    return connect()
-
-
-@pytest.fixture(scope="session")
-def busybox_image(docker_client) -> str:
-    """``conveyor-test/busybox``, built from the host's static busybox, never pulled."""
-    import docker.errors
-
-    try:
-        docker_client.images.get(BUSYBOX_IMAGE)
-        return BUSYBOX_IMAGE
-    except docker.errors.ImageNotFound:
-        pass
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "rootfs"
-        (root / "bin").mkdir(parents=True)
-        (root / "tmp").mkdir()
-        os.chmod(root, 0o755)
-        os.chmod(root / "bin", 0o755)
-        os.chmod(root / "tmp", 0o1777)
-        shutil.copy2(busybox, root / "bin" / "busybox")
-        applets = subprocess.run(
-            [busybox, "--list"], check=True, capture_output=True, text=True
-        ).stdout.split()
-        for applet in applets:
-            if applet != "busybox":
-                (root / "bin" / applet).symlink_to("busybox")
-        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(
-            ["docker", "import", "--change", "ENV PATH=/bin", "-", BUSYBOX_IMAGE],
-            stdin=tar.stdout,
-            check=True,
-            capture_output=True,
-        )
-        assert tar.stdout is not None
-        tar.stdout.close()
-        assert tar.wait() == 0
-    return BUSYBOX_IMAGE
+from tests.services import BUSYBOX_IMAGE  # noqa: F401,E402
 
 
 @dataclass

@@ -1,0 +1,30 @@
+"""Session-wide real services shared by every test directory."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from tests.services import ensure_busybox_image, start_redis
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis:// URL of a redis-server started for this test session."""
+    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A client of the local engine; errors (so the test FAILS) when none answers."""
+    from worker.executors.docker import connect
+
+    return connect()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client) -> str:
+    return ensure_busybox_image(docker_client)
