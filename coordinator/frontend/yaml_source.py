@@ -138,8 +138,15 @@ def _load(text: str | bytes, diagnostics: Diagnostics, use_libyaml: bool) -> Loa
     if source is None or not _check_characters(source, diagnostics):
         return None
     errors_before = len(diagnostics.errors)
-    with _gc_paused():
-        loaded = _build_document(source, diagnostics, use_libyaml)
+    try:
+        with _gc_paused():
+            loaded = _build_document(source, diagnostics, use_libyaml)
+    except RecursionError:
+        # Loading recurses once or twice per level, at most MAX_DEPTH levels; only a
+        # caller already near the interpreter's limit gets here.
+        diagnostics.error(Position(1, 1), "the document is nested too deeply to load "
+                                          "from this call stack")
+        return None
     if loaded is None or len(diagnostics.errors) > errors_before:
         return None
     return loaded
@@ -352,7 +359,9 @@ def _compose(text: str, diagnostics: Diagnostics,
 
 
 def _node_position(node: Node | None) -> Position:
-    return _position(node.start_mark) if node is not None else Position(1, 1)  # type: ignore[return-value]
+    if node is None:
+        return Position(1, 1)
+    return Position(node.start_mark.line + 1, node.start_mark.column + 1)
 
 
 def _report_yaml_error(text: str, exc: yaml.MarkedYAMLError, diagnostics: Diagnostics) -> None:
@@ -386,6 +395,13 @@ def _report_yaml_error(text: str, exc: yaml.MarkedYAMLError, diagnostics: Diagno
 
 
 # --------------------------------------------------------------------------- aliases
+
+
+class _Fatal(Exception):
+    """A limit was hit: report this one error and stop."""
+
+    def __init__(self, mark: object, message: str, hint: str | None = None) -> None:
+        self.mark, self.message, self.hint = mark, message, hint
 
 
 class _AliasUse(NamedTuple):
@@ -431,7 +447,7 @@ class _AliasScan:
         self.uses: dict[Node, dict[int, _AliasUse]] = {}
 
     def run(self, root: Node) -> dict[Node, dict[int, _AliasUse]]:
-        """Alias uses by ``id`` of the collection holding them, then by slot.
+        """Alias uses by the collection holding them, then by slot.
 
         A sequence's slots are its indexes; a mapping's are ``2*i`` for the i-th key and
         ``2*i + 1`` for its value.
@@ -501,7 +517,8 @@ class _AliasScan:
             size, height, tainted = 1, 1, False
         else:
             size, height, tainted = self.measures[target]
-        index, line, col = previous.index, previous.line, previous.column  # type: ignore[attr-defined]
+        index = previous.index  # type: ignore[attr-defined]
+        line, col = previous.line, previous.column  # type: ignore[attr-defined]
         found = _TO_ALIAS.match(self.text, index)
         name = "?"
         end = previous
@@ -525,13 +542,6 @@ class _Mark(NamedTuple):
 
 
 # --------------------------------------------------------------------------- building
-
-
-class _Fatal(Exception):
-    """A limit was hit: report this one error and stop."""
-
-    def __init__(self, mark: object, message: str, hint: str | None = None) -> None:
-        self.mark, self.message, self.hint = mark, message, hint
 
 
 _CONSTANTS: dict[str, object] = {
@@ -582,10 +592,6 @@ def _plain(text: str) -> object:
     return text
 
 
-def _explicit_int(text: str) -> object:
-    return _core_int(text)
-
-
 def _explicit_float(text: str) -> object:
     value = _CONSTANTS.get(text, _MISSING)
     if isinstance(value, float):
@@ -605,7 +611,7 @@ def _explicit_null(text: str) -> object:
 
 
 _EXPLICIT_SCALARS: dict[str, Callable[[str], object]] = {
-    INT_TAG: _explicit_int,
+    INT_TAG: _core_int,
     FLOAT_TAG: _explicit_float,
     BOOL_TAG: _explicit_bool,
     NULL_TAG: _explicit_null,
@@ -650,9 +656,20 @@ class _Builder:
         kind = node.__class__
         if kind is ScalarNode:
             return self.scalar(node)
+        tag = node.tag
         if kind is SequenceNode:
-            return self.sequence(node, path, depth, site)
-        return self.mapping(node, path, depth, site)
+            if tag is _SEQ or tag == SEQ_TAG:
+                return self.sequence(node, path, depth, site)
+            self.report(mark, _tag_problem(tag, "a sequence"))
+            return None
+        if tag is _MAP or tag == MAP_TAG:
+            # Straight to fill(): one Python frame per level keeps 200 levels well
+            # inside the interpreter's recursion limit.
+            out: dict = {}
+            self.fill(out, node, path, depth, site, None)
+            return out
+        self.report(mark, _tag_problem(tag, "a mapping"))
+        return None
 
     def admit(self, use: _AliasUse, depth: int) -> bool:
         """Whether the anchor of ``use`` may be copied at ``depth``; raises at a limit."""
@@ -701,11 +718,7 @@ class _Builder:
 
     # -- sequences
 
-    def sequence(self, node: SequenceNode, path: Path, depth: int, site: object) -> object:
-        tag = node.tag
-        if tag is not _SEQ and tag != SEQ_TAG:
-            self.report(node.start_mark, _tag_problem(tag, "a sequence"))
-            return None
+    def sequence(self, node: SequenceNode, path: Path, depth: int, site: object) -> list:
         uses = self.uses.get(node) if site is None else None
         values, scalar = self.values, self.scalar
         out: list = []
@@ -725,15 +738,6 @@ class _Builder:
         return out
 
     # -- mappings
-
-    def mapping(self, node: MappingNode, path: Path, depth: int, site: object) -> object:
-        tag = node.tag
-        if tag is not _MAP and tag != MAP_TAG:
-            self.report(node.start_mark, _tag_problem(tag, "a mapping"))
-            return None
-        out: dict = {}
-        self.fill(out, node, path, depth, site, None)
-        return out
 
     def fill(self, out: dict, node: MappingNode, path: Path, depth: int, site: object,
              blocked: set | None) -> None:

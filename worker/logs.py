@@ -1,0 +1,333 @@
+"""The log sink of one job attempt: masked lines to a full log file and, capped, to the state store.
+
+Executors hand the worker one line at a time from a stdout and a stderr reader thread.
+`LogSink.write` masks each line, appends it to the full log file on disk at once, and
+queues it for the state store, which a background thread feeds every `flush_interval`
+(so `conveyor logs -f` sees a line within ~100 ms). The store copy is capped: the first
+`cap_bytes/2` are sent as they come, then only a bounded tail is kept and sent at
+`close`, after a marker saying how much was left out. The file is never cut.
+See docs/logs-and-secrets.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from shared.state.base import StateStore, iso_ms
+from worker.secrets import Masker
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "system"
+KIB = 1024
+MIB = 1024 * KIB
+
+# A store that keeps failing is retried less and less often, up to this many seconds
+# apart, so an outage is not hammered 20 times a second by every running job.
+MAX_RETRY_INTERVAL = 2.0
+# At close the job is over and its status is about to be written; a few quick retries
+# ride out a blip without holding the job up for long when the store is really down.
+CLOSE_ATTEMPTS = 3
+CLOSE_RETRY_DELAY = 0.1
+
+
+@dataclass(frozen=True)
+class LogSummary:
+    """What happened to a job's log.
+
+    `lines`/`bytes` count everything written (bytes are UTF-8 text plus one newline per
+    line); `stored_bytes` what reached the state store, cap markers included;
+    `omitted_*` what the cap left out of the store (it is all in `full_log`).
+    `unsent_lines` were meant for the store but never got there (it kept failing);
+    `store_errors` counts failed store calls, `file_errors` failed writes to `full_log`.
+    """
+
+    lines: int
+    bytes: int
+    stored_bytes: int
+    omitted_lines: int
+    omitted_bytes: int
+    full_log: Path
+    unsent_lines: int = 0
+    store_errors: int = 0
+    file_errors: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """True when the store holds every line except those the cap left out on purpose."""
+        return self.unsent_lines == 0
+
+
+def human_size(n: int) -> str:
+    """`n` bytes for a message: `4 MiB`, `1.5 MiB`, `512 KiB`, `1000 bytes`."""
+    for unit, size in (("MiB", MIB), ("KiB", KIB)):
+        if n >= size:
+            return f"{n // size} {unit}" if n % size == 0 else f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+class _Stamps:
+    """ISO-8601 UTC timestamps with milliseconds, as `iso_ms` writes them, but cheap.
+
+    Formatting a datetime per line was the sink's biggest cost; the date-and-seconds
+    part changes once a second, so it is formatted once a second. Used under the lock.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def now(self) -> str:
+        ms = int(time.time() * 1000)
+        second, millis = divmod(ms, 1000)
+        if second != self._second:
+            self._second = second
+            self._prefix = (iso_ms(second * 1000) or "")[:-5]  # drop ".000Z"
+        return f"{self._prefix}.{millis:03d}Z"
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8")) + 1
+
+
+def _clean(text: str) -> str:
+    """`text` made encodable as UTF-8: a lone surrogate would make every store write fail."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+class LogSink:
+    """Where the output of one job attempt goes; safe to call from several threads.
+
+    `store.append_logs(run_id, job, ...)` receives `(stream, text)` entries in the order
+    they were written; `full_log` gets every line as `<iso-ts> <stream> <text>`.
+    Use it as a context manager, or call `close()` once the readers are done.
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        run_id: str,
+        job: str,
+        full_log: Path,
+        masker: Masker,
+        cap_bytes: int = 4 * MIB,
+        flush_interval: float = 0.05,
+        batch_lines: int = 500,
+    ) -> None:
+        if cap_bytes < 2:
+            raise ValueError(f"cap_bytes must be at least 2, got {cap_bytes!r}")
+        if flush_interval <= 0 or batch_lines < 1:
+            raise ValueError("flush_interval must be positive and batch_lines at least 1")
+        self._store = store
+        self._run_id = run_id
+        self._job = job
+        self._full_log = Path(full_log)
+        self._masker = masker
+        self._cap = cap_bytes
+        self._head_cap = cap_bytes // 2
+        self._tail_cap = cap_bytes - self._head_cap
+        self._interval = flush_interval
+        self._batch = batch_lines
+
+        self._cond = threading.Condition()
+        self._pending: list[tuple[str, str]] = []  # for the store, in write order
+        self._tail: deque[tuple[str, str, int]] = deque()  # (stream, text, size) once the head is full
+        self._tail_bytes = 0
+        self._head_bytes = 0
+        self._head_full = False
+        self._lines = self._bytes = self._stored_bytes = 0
+        self._omitted_lines = self._omitted_bytes = 0
+        self._unsent_lines = self._store_errors = self._file_errors = 0
+        self._failing = False
+        self._closing = False
+        self._summary: LogSummary | None = None
+        self._stamps = _Stamps()
+        self._close_lock = threading.Lock()  # two closers must not both flush the tail
+
+        self._full_log.parent.mkdir(parents=True, exist_ok=True)
+        # Appending: a caller that reuses a path for a retried attempt keeps both.
+        # Line-buffered, so the file is current while the job runs and a dying worker
+        # loses nothing already written.
+        self._file: IO[str] = open(
+            self._full_log, "a", encoding="utf-8", errors="replace", buffering=1
+        )
+        self._flusher = threading.Thread(
+            target=self._run_flusher, name=f"log-flusher-{run_id}-{job}", daemon=True
+        )
+        self._flusher.start()
+
+    def __enter__(self) -> LogSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def full_log(self) -> Path:
+        """The file holding every line of this log."""
+        return self._full_log
+
+    def write(self, stream: str, text: str) -> None:
+        """Record one line of `stream` output (no trailing newline), masked.
+
+        Text with embedded newlines is recorded as several lines of the same stream,
+        so the full log file stays one line per entry.
+        """
+        masked = self._masker.mask(_clean(text))
+        if masked.endswith("\n"):
+            masked = masked[:-1]
+        lines = masked.split("\n")
+        with self._cond:
+            if self._closing:
+                raise ValueError(f"write to a closed log sink ({self._run_id}/{self._job})")
+            stamp = self._stamps.now()
+            for line in lines:
+                self._record(stream, line, stamp)
+            if len(self._pending) >= self._batch:
+                self._cond.notify()
+
+    def system(self, text: str) -> None:
+        """Record one of Conveyor's own messages (stream `system`), masked like output."""
+        self.write(SYSTEM, text)
+
+    def close(self) -> LogSummary:
+        """Send everything still buffered (tail and cap marker included) and stop the flusher.
+
+        Never raises for store trouble: what could not be stored is counted in the
+        summary and logged; it is all in the full log file. Calling it again returns
+        the same summary.
+        """
+        with self._close_lock:
+            if self._summary is None:
+                self._summary = self._close()
+            return self._summary
+
+    def _close(self) -> LogSummary:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._flusher.join()
+        # The flusher is gone: nothing else touches the buffers from here on.
+        if self._head_full:
+            self._pending.append(
+                (SYSTEM, f"[... {self._omitted_lines} lines ({self._omitted_bytes} bytes) omitted ...]")
+            )
+            self._pending.extend((stream, text) for stream, text, _ in self._tail)
+            self._tail.clear()
+        for attempt in range(CLOSE_ATTEMPTS):
+            if self._flush() or attempt == CLOSE_ATTEMPTS - 1:
+                break
+            time.sleep(CLOSE_RETRY_DELAY * (attempt + 1))
+        if self._pending:
+            self._unsent_lines += len(self._pending)
+            log.error(
+                "logs of %s/%s: %d lines could not be stored; the full log is at %s",
+                self._run_id, self._job, len(self._pending), self._full_log,
+            )
+            self._pending.clear()
+        try:
+            self._file.close()
+        except OSError:
+            self._file_errors += 1
+        return LogSummary(
+            lines=self._lines,
+            bytes=self._bytes,
+            stored_bytes=self._stored_bytes,
+            omitted_lines=self._omitted_lines,
+            omitted_bytes=self._omitted_bytes,
+            full_log=self._full_log,
+            unsent_lines=self._unsent_lines,
+            store_errors=self._store_errors,
+            file_errors=self._file_errors,
+        )
+
+    # -- internals; `_record` runs under the lock ------------------------------------
+
+    def _record(self, stream: str, text: str, stamp: str) -> None:
+        size = _size(text)
+        self._lines += 1
+        self._bytes += size
+        try:
+            self._file.write(f"{stamp} {stream} {text}\n")
+        except OSError as exc:
+            # Disk full or gone: keep the job running and the store copy flowing.
+            if self._file_errors == 0:
+                log.error("cannot write full log %s: %s", self._full_log, exc)
+            self._file_errors += 1
+        if not self._head_full:
+            if self._head_bytes + size <= self._head_cap:
+                self._head_bytes += size
+                self._pending.append((stream, text))
+                return
+            self._head_full = True
+            self._pending.append(
+                (
+                    SYSTEM,
+                    f"log exceeds {human_size(self._cap)}: the middle is left out here; "
+                    f"the full log is kept at {self._full_log}",
+                )
+            )
+        self._tail.append((stream, text, size))
+        self._tail_bytes += size
+        while self._tail_bytes > self._tail_cap:
+            _, _, dropped = self._tail.popleft()
+            self._tail_bytes -= dropped
+            self._omitted_lines += 1
+            self._omitted_bytes += dropped
+
+    def _run_flusher(self) -> None:
+        wait = self._interval
+        while True:
+            with self._cond:
+                if self._failing:
+                    # Backing off: only close cuts the wait short.
+                    self._cond.wait_for(lambda: self._closing, timeout=wait)
+                else:
+                    self._cond.wait_for(
+                        lambda: self._closing or len(self._pending) >= self._batch, timeout=wait
+                    )
+                closing = self._closing
+            if closing:
+                return  # close() does the last flush, with retries
+            wait = self._interval if self._flush() else min(wait * 2, MAX_RETRY_INTERVAL)
+
+    def _flush(self) -> bool:
+        """Send the pending entries in batches; True when none are left.
+
+        Only the flusher thread (or close, after joining it) calls this, so batches go
+        out one at a time, in order. Entries are taken from the front of the queue only
+        once stored, so a failed batch is retried first next time.
+        """
+        while True:
+            with self._cond:
+                batch = self._pending[: self._batch]
+            if not batch:
+                return True
+            try:
+                self._store.append_logs(self._run_id, self._job, batch)
+            except Exception as exc:  # noqa: BLE001 - any store failure must not kill the job
+                with self._cond:
+                    self._store_errors += 1
+                    if not self._failing:
+                        log.warning(
+                            "cannot store logs of %s/%s (will retry): %s: %s",
+                            self._run_id, self._job, type(exc).__name__, exc,
+                        )
+                    self._failing = True
+                return False
+            with self._cond:
+                del self._pending[: len(batch)]
+                self._stored_bytes += sum(_size(text) for _, text in batch)
+                if self._failing:
+                    log.info("storing logs of %s/%s again", self._run_id, self._job)
+                self._failing = False
