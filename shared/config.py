@@ -68,7 +68,7 @@ class Settings:
         if self.result_backend:
             return self.result_backend
         if self.embedded:
-            return "cache+memory://"
+            return "shared.memory_backend:ProcessMemoryBackend"
         return _redis_db_plus_one(self.broker_url or "")
 
     @property

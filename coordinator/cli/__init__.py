@@ -10,6 +10,14 @@ import click
 COMMANDS = {
     "validate": "coordinator.cli.definitions:validate",
     "plan": "coordinator.cli.definitions:plan",
+    "run": "coordinator.cli.runs:run",
+    "submit": "coordinator.cli.runs:submit",
+    "status": "coordinator.cli.runs:status",
+    "logs": "coordinator.cli.runs:logs",
+    "cancel": "coordinator.cli.runs:cancel",
+    "runs": "coordinator.cli.runs:runs",
+    "worker": "coordinator.cli.services:worker",
+    "flower": "coordinator.cli.services:flower",
 }
 
 

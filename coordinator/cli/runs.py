@@ -1,0 +1,177 @@
+"""`conveyor run`, `submit`, `status`, `logs`, `cancel` and `runs`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import click
+
+from coordinator.cli.options import parse_vars, var_option
+
+EXIT_UNKNOWN_RUN = 3
+
+
+def _settings(executor: str | None = None):
+    from shared.config import ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if executor:
+        settings = dataclasses.replace(settings, executor=executor)
+    return settings
+
+
+def _store(settings):
+    from shared.state import open_state
+
+    if settings.embedded:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return open_state(settings.effective_state_url)
+
+
+def _check_pipeline(file: str, parameters: dict[str, str]) -> None:
+    from coordinator.frontend import load_file
+
+    result = load_file(file, parameters)
+    for diagnostic in result.diagnostics:
+        click.echo(str(diagnostic), err=True)
+    if not result.ok:
+        sys.exit(2)
+
+
+def _finish(status: str) -> None:
+    sys.exit(0 if status == "success" else 1)
+
+
+source_option = click.option("--source", type=click.Path(file_okay=False, exists=True),
+                             help="Directory whose copy is each job's workspace (default: the pipeline file's folder).")
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@var_option
+@source_option
+@click.option("--executor", type=click.Choice(["docker", "local"]), help="Where steps run (default: docker if an engine answers).")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True, help="Jobs at once (embedded mode).")
+@click.option("--no-live", is_flag=True, help="Plain line output even on a terminal.")
+def run(file: str, variables: tuple[str, ...], source: str | None, executor: str | None, concurrency: int, no_live: bool) -> None:
+    """Run a pipeline to the end, streaming its logs (embedded unless CONVEYOR_BROKER_URL is set)."""
+    parameters = parse_vars(variables)
+    _check_pipeline(file, parameters)
+    settings = _settings(executor)
+    from coordinator.follow import follow
+    from coordinator.submit import submit
+    from shared.celery_app import create_app
+
+    app = create_app(settings)
+    store = _store(settings)
+    if not settings.embedded:
+        submission = submit(app, store, settings, file, parameters, source)
+        click.echo(f"run {submission.run_id} submitted", err=True)
+        try:
+            _finish(follow(store, submission.run_id, live=False if no_live else None))
+        except KeyboardInterrupt:
+            click.echo(f"\nstopped following; the run goes on. `conveyor cancel {submission.run_id}` stops it.", err=True)
+            sys.exit(130)
+    from coordinator.embedded import embedded_worker
+    from worker import tasks
+
+    tasks.register(app)
+    with embedded_worker(app, concurrency):
+        submission = submit(app, store, settings, file, parameters, source)
+        click.echo(f"run {submission.run_id} (embedded, state in {settings.data_dir})", err=True)
+        try:
+            status = follow(store, submission.run_id, live=False if no_live else None)
+        except KeyboardInterrupt:
+            click.echo("\ncancelling…", err=True)
+            store.request_cancel(submission.run_id)
+            status = follow(store, submission.run_id, live=False, logs=False)
+    _finish(status)
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@var_option
+@source_option
+@click.option("--wait", is_flag=True, help="Follow the run like `conveyor run`.")
+def submit(file: str, variables: tuple[str, ...], source: str | None, wait: bool) -> None:
+    """Submit a run to the configured broker and print its id."""
+    parameters = parse_vars(variables)
+    _check_pipeline(file, parameters)
+    settings = _settings()
+    if settings.embedded:
+        raise click.UsageError("submit needs CONVEYOR_BROKER_URL (a Redis broker); `conveyor run` works without one")
+    from coordinator.submit import submit as submit_run
+    from shared.celery_app import create_app
+
+    store = _store(settings)
+    submission = submit_run(create_app(settings), store, settings, file, parameters, source)
+    click.echo(submission.run_id)
+    if wait:
+        from coordinator.follow import follow
+
+        _finish(follow(store, submission.run_id))
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def status(run_id: str, fmt: str) -> None:
+    """Run and job states."""
+    from coordinator import status_view
+
+    store = _store(_settings())
+    if store.get_run(run_id) is None:
+        click.echo(f"error: unknown run '{run_id}'", err=True)
+        sys.exit(EXIT_UNKNOWN_RUN)
+    if fmt == "json":
+        click.echo(json.dumps(status_view.status_json(store, run_id), indent=2))
+    else:
+        click.echo(status_view.status_text(store, run_id))
+
+
+@click.command()
+@click.argument("run_id")
+@click.argument("job", required=False)
+@click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new lines until the job or run ends.")
+def logs(run_id: str, job: str | None, follow_: bool) -> None:
+    """Job logs (all jobs in plan order, or one)."""
+    from coordinator.follow import follow_logs
+
+    store = _store(_settings())
+    if store.get_run(run_id) is None:
+        click.echo(f"error: unknown run '{run_id}'", err=True)
+        sys.exit(EXIT_UNKNOWN_RUN)
+    if job is not None and job not in store.get_jobs(run_id):
+        click.echo(f"error: run '{run_id}' has no job '{job}'", err=True)
+        sys.exit(EXIT_UNKNOWN_RUN)
+    follow_logs(store, run_id, job, follow=follow_)
+
+
+@click.command()
+@click.argument("run_id")
+def cancel(run_id: str) -> None:
+    """Stop running jobs (within 10 s) and cancel the rest."""
+    store = _store(_settings())
+    if store.get_run(run_id) is None:
+        click.echo(f"error: unknown run '{run_id}'", err=True)
+        sys.exit(EXIT_UNKNOWN_RUN)
+    running = store.request_cancel(run_id)
+    click.echo(f"run {run_id}: cancel requested" + (f"; stopping {', '.join(running)}" if running else ""))
+
+
+@click.command()
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def runs(limit: int, fmt: str) -> None:
+    """Recent runs, newest first."""
+    from coordinator import status_view
+
+    store = _store(_settings())
+    if fmt == "json":
+        click.echo(json.dumps(status_view.runs_json(store, limit), indent=2))
+    else:
+        click.echo(status_view.runs_text(store, limit))

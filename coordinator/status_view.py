@@ -1,0 +1,250 @@
+"""What `conveyor status` and `conveyor runs` show: the spec's JSON shapes and plain-text tables.
+
+The pieces a live follower also needs (jobs in display order, durations, retry countdowns,
+a plain table) live here too, so that `status` and the end-of-run summary cannot disagree.
+Everything is read from the state store; nothing here writes.
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any, Iterable, Mapping, Sequence
+
+from shared.state import JobRecord, StateStore, UnknownRun
+from shared.state.base import FAILED, RETRYING, RUNNING
+
+NONE = "-"  # what an empty cell shows, so columns never collapse
+
+
+# -- ordering -------------------------------------------------------------------------------
+
+
+def plan_of(store: StateStore, run_id: str) -> Mapping[str, Any]:
+    """The run's stored plan dict, or an empty one when the run is gone."""
+    try:
+        return store.get_plan(run_id)
+    except UnknownRun:
+        return {}
+
+
+def job_levels(plan: Mapping[str, Any], names: Iterable[str]) -> list[list[str]]:
+    """`names` grouped by the plan's levels, in display order.
+
+    A job the plan does not place (a minimal plan, or one from an older version) goes into
+    one last level in store order rather than disappearing from the view.
+    """
+    remaining = list(names)
+    known = set(remaining)
+    placed: set[str] = set()
+    levels: list[list[str]] = []
+    for level in plan.get("levels", ()):
+        kept = [name for name in level if name in known and name not in placed]
+        placed.update(kept)
+        if kept:
+            levels.append(kept)
+    rest = [name for name in remaining if name not in placed]
+    if rest:
+        levels.append(rest)
+    return levels
+
+
+def dependencies(plan: Mapping[str, Any], job: str) -> list[str]:
+    """The jobs `job` waits for, per the plan (empty when the plan does not say)."""
+    return list(plan.get("jobs", {}).get(job, {}).get("depends_on", ()))
+
+
+def ordered_jobs(store: StateStore, run_id: str) -> dict[str, JobRecord]:
+    """The run's jobs in plan order (level by level); raises UnknownRun."""
+    jobs = store.get_jobs(run_id)
+    levels = job_levels(plan_of(store, run_id), jobs)
+    return {name: jobs[name] for level in levels for name in level}
+
+
+# -- time -----------------------------------------------------------------------------------
+
+
+def epoch(timestamp: str | None) -> float | None:
+    """An ISO-8601 timestamp from the store as epoch seconds."""
+    if timestamp is None:
+        return None
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def duration_text(seconds: float | None) -> str:
+    """A short human duration: `4.2s`, `3m 07s`, `1h 02m`; `-` when unknown."""
+    if seconds is None:
+        return NONE
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+
+
+def job_seconds(job: JobRecord, now: float) -> float | None:
+    """Time since the job's first attempt started, until it finished (or `now` while open)."""
+    start = epoch(job.started_at)
+    if start is None:
+        return None
+    end = epoch(job.finished_at)
+    return (end if end is not None else now) - start
+
+
+def retry_in(job: JobRecord, now: float) -> float | None:
+    """Seconds until a `retrying` job is due to run again (0 when overdue); None otherwise."""
+    if job.status != RETRYING or not job.attempts:
+        return None
+    last = job.attempts[-1]
+    ended = epoch(last.finished_at)
+    if ended is None or last.retry_delay is None:
+        return None
+    return max(0.0, ended + last.retry_delay - now)
+
+
+def status_label(job: JobRecord, now: float) -> str:
+    """The job status as a person reads it: notes an allowed failure and a pending retry."""
+    if job.status == FAILED and job.allow_failure:
+        return "failed (allowed)"
+    wait = retry_in(job, now)
+    if wait is not None:
+        # "due": the delay is over and the retry waits for a worker to pick it up.
+        return f"retrying (in {duration_text(wait)})" if wait > 0 else "retrying (due)"
+    return job.status
+
+
+# -- tables ---------------------------------------------------------------------------------
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns two spaces apart, no colour and no box drawing (greppable)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [headers, *rows]]
+    return "\n".join(lines)
+
+
+SUMMARY_HEADERS = ("JOB", "STATUS", "REASON", "ATTEMPTS", "DURATION", "WORKER")
+
+
+def summary_row(name: str, job: JobRecord, now: float) -> list[str]:
+    """The cells of one job under SUMMARY_HEADERS."""
+    return [
+        name,
+        status_label(job, now),
+        job.reason or NONE,
+        str(job.attempt),
+        duration_text(job_seconds(job, now)),
+        job.worker or NONE,
+    ]
+
+
+# -- JSON -----------------------------------------------------------------------------------
+
+
+def _job_json(job: JobRecord) -> dict[str, Any]:
+    return {
+        "status": job.status,
+        "attempts": job.attempt,
+        "worker": job.worker,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "exit_code": job.exit_code,
+        "reason": job.reason,
+        "artifacts": [],  # filled in once the artifact store records what each job uploaded
+        "attempt_history": [
+            {
+                "number": a.number,
+                "worker": a.worker,
+                "started_at": a.started_at,
+                "finished_at": a.finished_at,
+                "exit_code": a.exit_code,
+                "reason": a.reason,
+                "retry_delay": a.retry_delay,
+            }
+            for a in job.attempts
+        ],
+    }
+
+
+def status_json(store: StateStore, run_id: str) -> dict[str, Any] | None:
+    """`conveyor status RUN --format json`: the run and its jobs in plan order; None if unknown."""
+    run = store.get_run(run_id)
+    if run is None:
+        return None
+    try:
+        jobs = ordered_jobs(store, run_id)
+    except UnknownRun:  # expired between the two reads
+        return None
+    return {
+        "run_id": run.run_id,
+        "pipeline": run.pipeline,
+        "status": run.status,
+        "created_at": run.created_at,
+        "finished_at": run.finished_at,
+        "jobs": {name: _job_json(job) for name, job in jobs.items()},
+    }
+
+
+def runs_json(store: StateStore, limit: int) -> list[dict[str, Any]]:
+    """`conveyor runs --format json`: the newest `limit` runs, newest first."""
+    return [
+        {
+            "run_id": run.run_id,
+            "pipeline": run.pipeline,
+            "status": run.status,
+            "created_at": run.created_at,
+            "finished_at": run.finished_at,
+        }
+        for run in store.list_runs(limit)
+    ]
+
+
+# -- text -----------------------------------------------------------------------------------
+
+
+def _run_seconds(created_at: str, finished_at: str | None, now: float) -> float:
+    end = epoch(finished_at)
+    return (end if end is not None else now) - (epoch(created_at) or now)
+
+
+def status_text(store: StateStore, run_id: str) -> str:
+    """`conveyor status RUN`: a header and one row per job, by level; raises UnknownRun."""
+    run = store.get_run(run_id)
+    if run is None:
+        raise UnknownRun(run_id)
+    now = time.time()
+    jobs = store.get_jobs(run_id)
+    plan = plan_of(store, run_id)
+    rows = []
+    for index, level in enumerate(job_levels(plan, jobs)):
+        for name in level:
+            job = jobs[name]
+            _, status, reason, attempts, took, worker = summary_row(name, job, now)
+            exit_code = NONE if job.exit_code is None else str(job.exit_code)
+            rows.append([str(index), name, status, reason, attempts, took, exit_code, worker])
+    finished = f"finished {run.finished_at}" if run.finished_at else "not finished"
+    cancel = ", cancel requested" if run.cancel_requested and run.status == RUNNING else ""
+    header = [
+        f"run {run.run_id} (pipeline {run.pipeline}): {run.status}{cancel}",
+        f"created {run.created_at}, {finished}, "
+        f"{'took' if run.finished_at else 'running for'} {duration_text(_run_seconds(run.created_at, run.finished_at, now))}",
+    ]
+    table = text_table(("LEVEL", "JOB", "STATUS", "REASON", "ATTEMPTS", "DURATION", "EXIT", "WORKER"), rows)
+    return "\n".join([*header, "", table])
+
+
+def runs_text(store: StateStore, limit: int) -> str:
+    """`conveyor runs`: the newest runs, one per line, newest first."""
+    runs = store.list_runs(limit)
+    if not runs:
+        return "no runs"
+    now = time.time()
+    rows = [
+        [run.run_id, run.pipeline, run.status, run.created_at,
+         duration_text(_run_seconds(run.created_at, run.finished_at, now))]
+        for run in runs
+    ]
+    return text_table(("RUN", "PIPELINE", "STATUS", "CREATED", "DURATION"), rows)

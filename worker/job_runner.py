@@ -1,0 +1,348 @@
+"""Running one job attempt: decide, claim, execute the steps, record the outcome.
+
+Called by the `conveyor.run_job` task. The state store, not Celery, is the source of
+truth: a job runs only after its dependencies are terminal there, only under a live lease,
+and every write after the claim is fenced by the claim's token.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from shared import expressions
+from shared.plan import Job, Plan, Step
+from shared.state.base import (
+    CANCELLED, FAILED, PENDING, RETRYING, SKIPPED, SUCCESS, TERMINAL, Claim, JobRecord, StateStore,
+)
+from worker import workspace as workspaces
+from worker.backoff import retry_delay
+from worker.executors.base import Executor, InfrastructureError, JobSpec, Limits, StepHandle, StepOutcome, StepSpec
+from worker.logs import LogSink
+from worker.secrets import Masker, MissingSecret, load_secrets
+
+log = logging.getLogger("conveyor.worker")
+
+INFRA_RETRIES = 3  # engine hiccups are retried on top of the job's own retry_count
+WAIT_FOR_DEPENDENCIES = 1.0  # seconds between checks when a dependency is not terminal yet
+
+
+class Reschedule(Exception):
+    """Run this task again after ``countdown`` seconds (the task turns it into a Celery retry)."""
+
+    def __init__(self, countdown: float, why: str):
+        super().__init__(why)
+        self.countdown = countdown
+
+
+@dataclass
+class WorkerContext:
+    """What a worker process holds for all its jobs."""
+
+    store: StateStore
+    executor: Executor
+    worker_name: str
+    data_dir: Path
+    lease_seconds: float = 30.0
+    plans: dict[tuple[str, int], Plan] | None = None
+
+    def plan(self, run_id: str) -> Plan:
+        self.plans = self.plans if self.plans is not None else {}
+        key = (run_id, 0)
+        if key not in self.plans:
+            if len(self.plans) > 32:
+                self.plans.clear()
+            self.plans[key] = Plan.from_dict(self.store.get_plan(run_id))
+        return self.plans[key]
+
+
+def _ancestors(plan: Plan, name: str) -> list[str]:
+    seen: dict[str, None] = {}
+    stack = list(plan.jobs[name].depends_on)
+    while stack:
+        dep = stack.pop()
+        if dep not in seen:
+            seen[dep] = None
+            stack.extend(plan.jobs[dep].depends_on)
+    return list(seen)
+
+
+def _iso_to_epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def decide(plan: Plan, job: Job, records: dict[str, JobRecord], run_cancelled: bool) -> str | None:
+    """None when the job should run, else the skip reason (`condition_false`/`upstream_failed`).
+
+    Status functions see every ancestor, as in GitHub Actions: a cleanup job with
+    `failure()` runs when anything upstream failed, even if its direct dependency was skipped.
+    """
+    ancestors = _ancestors(plan, job.name)
+    results = {name: (records[name].status, records[name].allow_failure) for name in ancestors}
+    context = expressions.Context(
+        env=job.environment,
+        vars=plan.parameters,
+        jobs={name: records[name].status for name in ancestors},
+        pipeline={"name": plan.pipeline},
+        dependency_results=results,
+        run_cancelled=run_cancelled,
+    )
+    try:
+        if expressions.condition_met(job.conditional, context):
+            return None
+    except expressions.ExpressionError as exc:
+        log.warning("run job %s: conditional %r failed to evaluate: %s", job.name, job.conditional, exc.message)
+    upstream_bad = any(
+        status not in (SUCCESS,) and not (status == FAILED and allowed) for status, allowed in results.values()
+    )
+    return "upstream_failed" if upstream_bad else "condition_false"
+
+
+class Attempt:
+    """One claimed attempt: runs the steps under a heartbeat that can stop them."""
+
+    def __init__(self, ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run_id: str, deadline: float | None):
+        self.ctx = ctx
+        self.plan = plan
+        self.job = job
+        self.claim = claim
+        self.run_id = run_id
+        self.deadline = deadline
+        self.stop_reason: str | None = None  # cancelled | timeout | lost
+        self.current: StepHandle | None = None
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+
+    # -- heartbeat -----------------------------------------------------------------
+    def _stop(self, reason: str) -> None:
+        with self.lock:
+            if self.stop_reason is None:
+                self.stop_reason = reason
+            handle = self.current
+        if handle is not None:
+            self.ctx.executor.kill(handle, "timeout" if reason == "timeout" else "cancelled")
+
+    def heartbeat_loop(self) -> None:
+        lease_ms = int(self.ctx.lease_seconds * 1000)
+        interval = max(self.ctx.lease_seconds / 3, 0.2)
+        while not self.done.wait(interval):
+            try:
+                answer = self.ctx.store.heartbeat(self.run_id, self.job.name, self.claim.token, lease_ms)
+            except Exception as exc:  # a store hiccup: keep running, the lease has slack
+                log.warning("heartbeat for %s/%s failed: %s", self.run_id, self.job.name, exc)
+                continue
+            if answer == "cancel":
+                self._stop("cancelled")
+            elif answer == "lost":
+                self._stop("lost")
+            if self.deadline is not None and time.time() > self.deadline:
+                self.ctx.store.request_cancel(self.run_id)
+                self._stop("timeout")
+
+    # -- steps ---------------------------------------------------------------------
+    def run_step(self, spec: JobSpec, step: Step, index: int, env: dict[str, str], sink: LogSink,
+                 job_ends_at: float) -> StepOutcome:
+        remaining = job_ends_at - time.monotonic()
+        if remaining <= 0:
+            return StepOutcome(None, "timeout", 0.0)
+        timeout = min(float(step.timeout), remaining)
+        step_spec = StepSpec(
+            index=index, name=step.name, image=step.image, script=step.script, env=env,
+            working_directory=step.working_directory, timeout=timeout,
+            limits=Limits(memory_bytes=self.job.resources.memory_bytes, cpus=self.job.resources.cpus),
+        )
+        handle = self.ctx.executor.start(spec, step_spec)
+        with self.lock:
+            self.current = handle
+            stopping = self.stop_reason
+        if stopping:
+            self.ctx.executor.kill(handle, "timeout" if stopping == "timeout" else "cancelled")
+
+        def pump() -> None:
+            for line in self.ctx.executor.tail(handle):
+                sink.write(line.stream, line.text)
+
+        reader = threading.Thread(target=pump, name=f"tail-{self.job.name}", daemon=True)
+        reader.start()
+        try:
+            outcome = self.ctx.executor.wait(handle)
+        finally:
+            reader.join(timeout=30)
+            with self.lock:
+                self.current = None
+        return outcome
+
+    def execute(self, spec: JobSpec, secrets: dict[str, str], sink: LogSink) -> StepOutcome | None:
+        """Run every step; None when the job succeeded, else the outcome that failed it."""
+        job_ends_at = time.monotonic() + self.job.timeout
+        for index, step in enumerate(self.job.steps):
+            if self.stop_reason:
+                return StepOutcome(None, "timeout" if self.stop_reason == "timeout" else "cancelled", 0.0)
+            sink.system(f"step {index + 1}/{len(self.job.steps)}: {step.name}")
+            if step.action == "noop":
+                continue
+            env = {**step.environment, **secrets}
+            for try_number in range(step.retry_count + 1):
+                outcome = self.run_step(spec, step, index, env, sink, job_ends_at)
+                if outcome.succeeded or outcome.reason in ("cancelled", "timeout") or self.stop_reason:
+                    break
+                if try_number < step.retry_count:
+                    delay = retry_delay(try_number + 1, min(self.job.retry_policy.backoff_base, 5.0), 30.0)
+                    sink.system(f"step {step.name} failed ({outcome.reason}, exit {outcome.exit_code}); "
+                                f"retry {try_number + 1}/{step.retry_count} in {delay:.1f}s")
+                    if self.done.wait(0) or _sleep_unless(lambda: bool(self.stop_reason), delay):
+                        break
+            if outcome.succeeded:
+                continue
+            sink.system(f"step {step.name} failed: {outcome.reason} (exit code {outcome.exit_code})")
+            if step.continue_on_failure and outcome.reason not in ("cancelled", "timeout"):
+                continue
+            return outcome
+        return None
+
+
+def _sleep_unless(stop: Callable[[], bool], seconds: float) -> bool:
+    """Sleep up to ``seconds``; True when ``stop`` became true meanwhile."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if stop():
+            return True
+        time.sleep(min(0.2, max(end - time.monotonic(), 0)))
+    return stop()
+
+
+def _previous_failures(record: JobRecord) -> tuple[int, int]:
+    """(script-level failures, infrastructure failures) of earlier attempts."""
+    script = infra = 0
+    for attempt in record.attempts:
+        if attempt.status in (FAILED, RETRYING):
+            if attempt.reason == "infrastructure":
+                infra += 1
+            elif attempt.reason != "worker_lost":
+                script += 1
+    return script, infra
+
+
+def run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
+    """Run (or skip, or decline) one job; returns a small record for the canvas."""
+    store = ctx.store
+    run = store.get_run(run_id)
+    if run is None:
+        log.warning("run %s is unknown (expired?); dropping job %s", run_id, job_name)
+        return {"run_id": run_id, "job": job_name, "status": "unknown"}
+    plan = ctx.plan(run_id)
+    job = plan.jobs[job_name]
+    records = store.get_jobs(run_id)
+    record = records[job_name]
+    if record.status in TERMINAL:
+        return {"run_id": run_id, "job": job_name, "status": record.status}
+    waiting = [d for d in _ancestors(plan, job_name) if records[d].status not in TERMINAL]
+    if waiting:
+        raise Reschedule(WAIT_FOR_DEPENDENCIES, f"waiting for {', '.join(waiting[:3])}")
+    if record.status == PENDING:
+        reason = decide(plan, job, records, run.cancel_requested)
+        if reason is not None:
+            store.skip(run_id, job_name, reason)
+            return {"run_id": run_id, "job": job_name, "status": SKIPPED}
+    claim = store.claim(run_id, job_name, ctx.worker_name, int(ctx.lease_seconds * 1000))
+    if not isinstance(claim, Claim):
+        if claim.reason == "leased":
+            # Another worker holds a live lease (an early redelivery). Watch instead of
+            # running: if that worker dies, its lease expires and this copy takes over.
+            raise Reschedule(ctx.lease_seconds, "another attempt holds the lease")
+        status = store.get_jobs(run_id)[job_name].status
+        return {"run_id": run_id, "job": job_name, "status": status}
+    deadline = _iso_to_epoch(run.created_at) + plan.timeout
+    return _run_claimed(ctx, plan, job, claim, run_id, deadline, record)
+
+
+def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run_id: str, deadline: float,
+                 record: JobRecord) -> dict:
+    store = ctx.store
+    workspace = workspaces.workspace_path(ctx.data_dir, run_id, job.name)
+    full_log = ctx.data_dir / "logs" / run_id / f"{workspace.name}.{claim.attempt}.log"
+    full_log.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        secrets = load_secrets(job.secrets)
+        missing = None
+    except MissingSecret as exc:
+        secrets, missing = {}, exc
+    sink = LogSink(store, run_id, job.name, full_log, Masker(secrets.values()))
+    attempt = Attempt(ctx, plan, job, claim, run_id, deadline)
+    heart = threading.Thread(target=attempt.heartbeat_loop, name=f"heartbeat-{job.name}", daemon=True)
+    heart.start()
+    spec = JobSpec(run_id=run_id, job=job.name, workspace=workspace, worker_name=ctx.worker_name)
+    failure: StepOutcome | None = None
+    infra_error: Exception | None = None
+    try:
+        sink.system(f"attempt {claim.attempt} on {ctx.worker_name} ({ctx.executor.name} executor)")
+        if missing is not None:
+            sink.system(str(missing))
+            failure = StepOutcome(None, "infrastructure", 0.0)
+        elif job.deploy is not None:
+            sink.system("deployment jobs need the deployment engine, which this version does not have yet")
+            failure = StepOutcome(None, "infrastructure", 0.0)
+        else:
+            source = plan_source(store, run_id)
+            workspaces.populate(workspace, source, exclude=ctx.data_dir)
+            ctx.executor.prepare(spec)
+            failure = attempt.execute(spec, secrets, sink)
+    except InfrastructureError as exc:
+        infra_error = exc
+        sink.system(f"infrastructure error: {exc}")
+        failure = StepOutcome(None, "infrastructure", 0.0)
+    except Exception as exc:  # never let one job's bug take the canvas down
+        log.exception("job %s/%s crashed", run_id, job.name)
+        sink.system(f"internal error: {type(exc).__name__}: {exc}")
+        failure = StepOutcome(None, "infrastructure", 0.0)
+        infra_error = exc
+    finally:
+        attempt.done.set()
+        heart.join(timeout=5)
+        try:
+            ctx.executor.cleanup(spec)
+        except Exception as exc:
+            log.warning("cleanup of %s failed: %s", job.name, exc)
+        workspaces.remove(workspace)
+    if attempt.stop_reason == "lost":
+        sink.system("lease lost: a newer attempt owns this job; this attempt's result is discarded")
+        sink.close()
+        return {"run_id": run_id, "job": job.name, "status": "lost"}
+    if attempt.stop_reason in ("cancelled", "timeout") and failure is not None:
+        failure = StepOutcome(failure.exit_code, "timeout" if attempt.stop_reason == "timeout" else "cancelled", failure.duration)
+    if failure is None:
+        sink.system("job succeeded")
+        sink.close()
+        store.finish(run_id, job.name, claim.token, SUCCESS, exit_code=0)
+        return {"run_id": run_id, "job": job.name, "status": SUCCESS}
+    script_failures, infra_failures = _previous_failures(record)
+    retryable = failure.reason not in ("cancelled",) and attempt.stop_reason is None and missing is None \
+        and job.deploy is None
+    if retryable and failure.reason == "infrastructure" and infra_error is not None and infra_failures < INFRA_RETRIES:
+        delay = retry_delay(infra_failures + 1, job.retry_policy.backoff_base, job.retry_policy.backoff_max)
+    elif retryable and failure.reason != "infrastructure" and script_failures < job.retry_count:
+        delay = retry_delay(script_failures + 1, job.retry_policy.backoff_base, job.retry_policy.backoff_max)
+    else:
+        delay = None
+    if delay is not None:
+        sink.system(f"job failed ({failure.reason}); retrying in {delay:.1f}s")
+        sink.close()
+        if store.finish(run_id, job.name, claim.token, RETRYING, exit_code=failure.exit_code,
+                        reason=failure.reason, retry_delay=delay):
+            raise Reschedule(delay, f"retry after {failure.reason}")
+        return {"run_id": run_id, "job": job.name, "status": "lost"}
+    status = CANCELLED if failure.reason == "cancelled" else FAILED
+    sink.system(f"job {status}: {failure.reason}" + (f" (exit code {failure.exit_code})" if failure.exit_code is not None else ""))
+    sink.close()
+    store.finish(run_id, job.name, claim.token, status, exit_code=failure.exit_code, reason=failure.reason)
+    return {"run_id": run_id, "job": job.name, "status": status}
+
+
+def plan_source(store: StateStore, run_id: str) -> Path | None:
+    run = store.get_run(run_id)
+    source = (run.meta or {}).get("source") if run else None
+    return Path(source) if source else None
