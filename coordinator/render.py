@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shared.plan import Plan
+from shared.plan import Plan, plain
 
 
 def duration(seconds: float) -> str:
@@ -36,8 +36,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             }
             for name, job in plan.jobs.items()
         },
-        "structure": plan.to_dict()["structure"],
-        "barriers": plan.to_dict()["barriers"],
+        "structure": plain(plan.structure),
+        "barriers": plain(plan.barriers),
     }
 
 

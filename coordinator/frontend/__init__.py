@@ -4,6 +4,7 @@ parse (yaml_source) -> schema (cerberus) -> semantics -> compile (matrix, variab
 """
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -26,6 +27,19 @@ class LoadResult:
 def load_text(text: str | bytes, file: str, parameters: Mapping[str, str] | None = None,
               run_id: str | None = None) -> LoadResult:
     """Validate and compile one pipeline from its text; never raises for bad input."""
+
+    # The front end allocates many small objects and frees none of them until it is done:
+    # cyclic GC passes over them are pure cost (about a third of the time on big files).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _load_text(text, file, parameters, run_id)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _load_text(text: str | bytes, file: str, parameters: Mapping[str, str] | None, run_id: str | None) -> LoadResult:
     from coordinator.frontend.compiler import RUN_ID_PLACEHOLDER, compile_plan
     from coordinator.frontend.schema import validate_schema
     from coordinator.frontend.semantic import check_semantics

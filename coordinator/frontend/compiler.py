@@ -95,7 +95,8 @@ class Compiler:
     def resolve(self, layers: list[dict[str, str]], paths: list[Path]) -> dict[str, str] | None:
         """Merge and resolve env layers (highest first); report errors at their own layer."""
         try:
-            return variables.resolve_layers(layers, expression=self.expression(_merge(layers)))
+            # merged lazily: only values with `${{ }}` need the expression context
+            return variables.resolve_layers(layers, expression=lambda source: self.expression(_merge(layers))(source))
         except variables.VariableErrorGroup as group:
             for name, problem in group.errors:
                 layer = problem.layer if problem.layer is not None else next((i for i, layer in enumerate(layers) if name in layer), None)

@@ -11,6 +11,7 @@ from typing import Any, Iterable
 import cerberus
 
 from coordinator.frontend.diagnostics import Diagnostics, did_you_mean
+from coordinator.frontend.fastcheck import conforms
 from coordinator.frontend.yaml_source import Path, SourceMap
 
 NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
@@ -332,7 +333,10 @@ def _report(error: Any, base: Path, schema: dict, source: SourceMap, out: Diagno
 
 
 def _run(validator: _Validator, schema: dict, document: Any, base: Path, source: SourceMap, out: Diagnostics) -> None:
-    validator.validate(document)
+    if conforms(schema, document):
+        return  # the common case, without cerberus's per-mapping child validators
+    # normalize=False: we only check; normalising copies and re-validates the schema per call
+    validator.validate(document, normalize=False)
     for error in _leaf_errors(validator._errors):
         _report(error, base, schema, source, out)
 
@@ -340,16 +344,18 @@ def _run(validator: _Validator, schema: dict, document: Any, base: Path, source:
 def _string_keys(value: Any, path: Path, source: SourceMap, out: Diagnostics) -> Any:
     """A copy without non-string mapping keys (each reported): cerberus cannot sort them."""
     stack = [(value, path)]
+    found = False
     while stack:
         node, where = stack.pop()
         if isinstance(node, dict):
             for key in [k for k in node if not isinstance(k, str)]:
+                found = True
                 out.error(source.key(where + (key,)) or source.nearest(where),
                           f"{field_path(where)}: mapping key {_describe(key)} must be text", "quote it")
             stack.extend((v, where + (k,)) for k, v in node.items() if isinstance(k, str))
         elif isinstance(node, list):
             stack.extend((v, where + (i,)) for i, v in enumerate(node))
-    return _without_bad_keys(value)
+    return _without_bad_keys(value) if found else value
 
 
 def _without_bad_keys(value: Any) -> Any:

@@ -436,6 +436,10 @@ class _LayerResolver:
             raise _Failed
         if len(chain) >= MAX_DEPTH:
             raise _TooDeep(names + [name])
+        raw = self._layers[k][name]
+        if "$" not in raw:  # the common case: nothing to substitute
+            self._done[key] = (raw, (name,))
+            return self._done[key]
         here = chain + (key,)
         deepest_below: tuple[str, ...] = ()
 

@@ -201,8 +201,12 @@ class LocalExecutor:
             except subprocess.TimeoutExpired:
                 continue
         # Background jobs the script left would keep the pipes (and tail) open forever;
-        # a container would take them down with it, so do the same here.
-        _signal_group(proc.pid, signal.SIGKILL)
+        # a container would take them down with it, so do the same here, and wait (briefly)
+        # until the kernel has actually taken them down: the step is over only then.
+        if _signal_group(proc.pid, signal.SIGKILL):
+            deadline = time.monotonic() + 2.0
+            while _group_alive(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
         code = exit_code_of(proc.returncode)
         with handle.lock:
             handle.finished.set()
