@@ -21,6 +21,9 @@ def worker(queues: str, concurrency: int, name: str | None, metrics_port: int | 
     settings = _settings()
     if settings.embedded:
         raise click.UsageError("a worker needs CONVEYOR_BROKER_URL (e.g. redis://host:6379/0)")
+    if metrics_port or settings.metrics_port:
+        click.echo("warning: Prometheus metrics are not available in this version; "
+                   "--metrics-port/CONVEYOR_METRICS_PORT is ignored", err=True)
     if name:
         os.environ["CONVEYOR_WORKER_NAME"] = name
     app = create_app(settings)
