@@ -28,7 +28,8 @@ from worker.secrets import Masker, MissingSecret, load_secrets
 log = logging.getLogger("conveyor.worker")
 
 INFRA_RETRIES = 3  # engine hiccups are retried on top of the job's own retry_count
-WAIT_FOR_DEPENDENCIES = 1.0  # seconds between checks when a dependency is not terminal yet
+WAIT_FOR_DEPENDENCIES = 1.0
+HEARTBEAT_MAX_INTERVAL = 2.0  # seconds between checks when a dependency is not terminal yet
 
 
 class Reschedule(Exception):
@@ -128,7 +129,9 @@ class Attempt:
 
     def heartbeat_loop(self) -> None:
         lease_ms = int(self.ctx.lease_seconds * 1000)
-        interval = max(self.ctx.lease_seconds / 3, 0.2)
+        # Often enough that a cancel or the pipeline timeout stops steps within seconds,
+        # whatever the lease length; a heartbeat is one small atomic script.
+        interval = min(max(self.ctx.lease_seconds / 3, 0.2), HEARTBEAT_MAX_INTERVAL)
         while not self.done.wait(interval):
             try:
                 answer = self.ctx.store.heartbeat(self.run_id, self.job.name, self.claim.token, lease_ms)

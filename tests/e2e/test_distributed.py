@@ -1,12 +1,21 @@
 """End to end through the CLI on real Redis and Docker, with two worker processes."""
 from __future__ import annotations
 
+import base64
+import json as jsonlib
+import os
 import signal
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from datetime import datetime
 
 import pytest
 import redis
+
+from tests.services import free_port, wait_for_port
 
 pytestmark = pytest.mark.slow
 
@@ -211,3 +220,58 @@ def test_visibility_timeout_shorter_than_job_runs_once(cluster) -> None:
     assert status["jobs"]["work"]["attempts"] == 1
     assert status["jobs"]["next"]["attempts"] == 1
     assert cluster.logs(run_id, "work").count("$ echo once") == 1
+
+
+def test_pipeline_timeout_cancels_the_run(cluster) -> None:
+    cluster.worker("w1")
+    pipeline = cluster.pipeline(f"""
+        name: deadline
+        timeout: 4
+        jobs:
+          long: {{image: "{IMAGE}", steps: [{{name: s, script: ["sleep 60"]}}]}}
+          after: {{image: "{IMAGE}", depends_on: [long], steps: [{{name: s, script: ["echo after"]}}]}}
+    """)
+    run_id = cluster.submit(pipeline)
+    status = cluster.wait(run_id, timeout=60)
+    assert status["status"] == "cancelled"
+    long = status["jobs"]["long"]
+    assert (long["status"], long["reason"]) == ("failed", "timeout")
+    assert status["jobs"]["after"]["status"] == "cancelled"
+    assert ts(long["finished_at"]) - ts(status["created_at"]) < 4 + 2 + 5 + 5
+
+
+def test_flower_requires_auth_and_shows_run_and_job(cluster, tmp_path) -> None:
+
+    cluster.worker("w1")
+    port = free_port()
+    flower = subprocess.Popen([sys.executable, "-m", "coordinator", "flower", "--port", str(port)],
+                              env={**cluster.env, "CONVEYOR_FLOWER_AUTH": "admin:pa55word"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert wait_for_port(port, 30), "flower did not listen"
+        pipeline = cluster.pipeline(f"""
+            name: flowered
+            jobs:
+              visible: {{image: "{IMAGE}", secrets: [], steps: [{{name: s, script: ["echo hi"]}}]}}
+        """)
+        run_id = cluster.submit(pipeline)
+        cluster.wait(run_id)
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks", timeout=5)
+            raise AssertionError("flower answered without credentials")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/tasks")
+        request.add_header("Authorization", "Basic " + base64.b64encode(b"admin:pa55word").decode())
+        deadline = time.monotonic() + 20
+        while True:
+            tasks = jsonlib.loads(urllib.request.urlopen(request, timeout=5).read())
+            mine = [t for t in tasks.values() if run_id in (t.get("kwargs") or "")]
+            if mine or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert mine, tasks
+        assert mine[0]["name"] == "conveyor.run_job" and "'job': 'visible'" in mine[0]["kwargs"]
+    finally:
+        os.killpg(flower.pid, signal.SIGKILL)
+        flower.wait(timeout=10)
