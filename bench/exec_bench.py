@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import math
 import os
 import signal
@@ -170,15 +171,16 @@ class RunResult:
 
     def span(self) -> float:
         """First job start to last job finish, from the state store's clock."""
-        starts = [epoch(j.started_at) for j in self.jobs.values()]
-        ends = [epoch(j.finished_at) for j in self.jobs.values()]
-        return max(ends) - min(starts)
+        first = min(self.jobs.values(), key=lambda j: epoch(j.started_at))
+        last = max(self.jobs.values(), key=lambda j: epoch(j.finished_at))
+        return store_delta(first.started_at, last.finished_at)
 
 
 class Cluster:
     """redis-server + `conveyor worker` processes + an in-process submitter, in a temp dir."""
 
-    def __init__(self, stack: ExitStack, executor: str):
+    def __init__(self, stack: ExitStack, executor: str, overrides: dict | None = None):
+        self.overrides = overrides or {}
         self.tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="conveyor-bench-")))
         self.redis_url = stack.enter_context(redis_server(self.tmp))
         self.env = {
@@ -198,13 +200,20 @@ class Cluster:
         self._submit = submit
         self.settings = load_settings(environ=self.env, config_file=os.devnull)
         self.app = create_app(self.settings)
+        self.app.conf.update(self.overrides)  # task_send_sent_event is the submitter's setting
         self.store = open_state(self.settings.effective_state_url)
         stack.callback(self.store.close)
 
     def worker(self, name: str, concurrency: int) -> Process:
-        """Start `conveyor worker` (threads pool, INFO logging, as deployed) and wait until it consumes."""
-        worker = Process([sys.executable, "-m", "coordinator", "worker", "--name", name,
-                          "--concurrency", str(concurrency), "--loglevel", "INFO"], self.env)
+        """Start `conveyor worker` (threads pool, INFO logging, as deployed) and wait until it consumes.
+
+        With overrides, the same command runs through `_worker`, which applies them first.
+        """
+        command = ["-m", "coordinator", "worker"]
+        if self.overrides:
+            command = [str(Path(__file__).resolve()), "_worker", json.dumps(self.overrides)]
+        worker = Process([sys.executable, *command, "--name", name, "--concurrency", str(concurrency),
+                          "--loglevel", "INFO"], self.env)
         self.workers.append(worker)
         worker.wait_ready(f"worker {name}")
         return worker
@@ -241,8 +250,13 @@ class Cluster:
         return RunResult(run_id, status, jobs, elapsed)
 
 
+def store_delta(start: str, end: str) -> float:
+    """Seconds between two store timestamps, rounded to their millisecond resolution."""
+    return round(epoch(end) - epoch(start), 3)
+
+
 def job_duration(job) -> float:
-    return epoch(job.finished_at) - epoch(job.started_at)
+    return store_delta(job.started_at, job.finished_at)
 
 
 class TaskEvents:
@@ -310,8 +324,51 @@ def bare_worker_main(redis_url: str, concurrency: int) -> None:
     """Entry point of the hidden `_bare-worker` sub-command (run in a child process)."""
     bare_app(redis_url).worker_main([
         "worker", f"--queues={BARE_QUEUE}", f"--concurrency={concurrency}", "--pool=threads",
-        "--loglevel=INFO", "--without-mingle", "--without-gossip", "--hostname=bare@bench",
+        "--loglevel=INFO", "--without-mingle", "--hostname=bare@bench",
     ])
+
+
+def overridden_worker_main(overrides: dict, argv: list[str]) -> None:
+    """Entry point of the hidden `_worker` sub-command: `conveyor worker` with Celery settings changed.
+
+    For measuring what a setting costs without editing the engine: the app that
+    `create_app` returns gets `overrides`, and `--task-events` (which wins over
+    `worker_send_task_events`) is dropped when that setting is overridden.
+    """
+    from celery import Celery
+
+    import shared.celery_app
+    from coordinator.cli import main as conveyor_main
+
+    create_app = shared.celery_app.create_app
+
+    def create_overridden(settings):
+        app = create_app(settings)
+        app.conf.update(overrides)
+        return app
+
+    worker_main = Celery.worker_main
+
+    def worker_main_overridden(self, args):
+        if "worker_send_task_events" in overrides:
+            args = [a for a in args if a != "--task-events"]
+        return worker_main(self, args)
+
+    shared.celery_app.create_app = create_overridden
+    Celery.worker_main = worker_main_overridden
+    sys.argv = ["conveyor", "worker", *argv]
+    conveyor_main()
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`KEY=JSON` pairs (`task_track_started=false`) as a dict of Celery settings."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--celery-conf expects KEY=JSON_VALUE, got {pair!r}")
+        overrides[key] = json.loads(value)
+    return overrides
 
 
 # -- pipelines ----------------------------------------------------------------------------------
@@ -350,7 +407,7 @@ def bench_hops(args: argparse.Namespace) -> bool:
     length, repeat = args.chain, args.repeat
     print(f"== hops: chain of {length} no-op jobs x {repeat} runs, one worker (concurrency 2, local executor)")
     with ExitStack() as stack:
-        cluster = Cluster(stack, "local")
+        cluster = Cluster(stack, "local", args.celery_conf)
         cluster.worker("hops", 2)
         pipeline = cluster.pipeline("hops", chain_pipeline(length))
         cluster.run(cluster.pipeline("warm", chain_pipeline(2)))  # imports, plan cache, connections
@@ -361,9 +418,8 @@ def bench_hops(args: argparse.Namespace) -> bool:
         results = []
         for _ in range(repeat):
             result = cluster.run(pipeline)
-            names = sorted(result.jobs)
-            jobs = [result.jobs[n] for n in names]
-            hops += [epoch(b.started_at) - epoch(a.finished_at) for a, b in zip(jobs, jobs[1:])]
+            jobs = list(result.jobs.values())  # plan order, which is chain order
+            hops += [store_delta(a.finished_at, b.started_at) for a, b in zip(jobs, jobs[1:])]
             noop_jobs += [job_duration(j) for j in jobs]
             totals.append(result.submit_to_finish)
             results.append(result)
@@ -388,9 +444,12 @@ def bench_hops(args: argparse.Namespace) -> bool:
     print(f"chain of {length}, submit to finish: conveyor {statistics.median(totals):.2f} s, "
           f"bare celery {statistics.median(bare_totals):.2f} s (medians)")
     print(f"ratio hop p50 conveyor/bare: {p50 / b50:.1f}x   p99: {p99 / b99:.1f}x")
-    print("where a hop goes (Celery task events + state store; p50 / p99 per segment):")
-    for label, values in segments.items():
-        print(f"  {label:58}{ms(percentile(values, 50))}{ms(percentile(values, 99))}")
+    if all(segments.values()):
+        print("where a hop goes (Celery task events + state store; p50 / p99 per segment):")
+        for label, values in segments.items():
+            print(f"  {label:58}{ms(percentile(values, 50))}{ms(percentile(values, 99))}")
+    else:
+        print("(no task events from the worker: no per-segment breakdown)")
     ok = p50 <= 0.015 and p99 <= 0.100
     print(f"target p50 <= 15 ms, p99 <= 100 ms: {verdict(ok)}")
     return ok
@@ -408,7 +467,7 @@ def hop_segments(results: list[RunResult], events: TaskEvents) -> dict[str, list
     """Split each hop at the downstream task's events; None stands for the store's times."""
     segments: dict[str, list[float]] = {label: [] for label, _, _ in HOP_SEGMENTS}
     for result in results:
-        names = sorted(result.jobs)
+        names = list(result.jobs)  # plan order, which is chain order
         for up, down in zip(names, names[1:]):
             stamps = events.stamps(result.run_id, down)
             for label, start, end in HOP_SEGMENTS:
@@ -453,7 +512,7 @@ def bench_makespan(args: argparse.Namespace) -> bool:
     described = " and ".join(f"{c}x{s:g}s" for c, s in chains.values())
     print(f"== makespan: chains {described} on one worker (concurrency 2, local executor), {args.repeat} runs")
     with ExitStack() as stack:
-        cluster = Cluster(stack, "local")
+        cluster = Cluster(stack, "local", args.celery_conf)
         cluster.worker("makespan", 2)
         cluster.run(cluster.pipeline("warm", chains_pipeline({"w": (2, 0.01)})))
         pipeline = cluster.pipeline("makespan", chains_pipeline(chains))
@@ -500,7 +559,7 @@ def bench_docker(args: argparse.Namespace) -> bool:
     ensure_image()
     name = "docker-bench"
     with ExitStack() as stack:
-        cluster = Cluster(stack, "docker")
+        cluster = Cluster(stack, "docker", args.celery_conf)
         stack.callback(lambda: _remove_containers(name))
         cluster.worker(name, 2)
         pipeline = cluster.pipeline("docker", independent_pipeline("docker", 1, "true", IMAGE))
@@ -543,10 +602,15 @@ def bench_noop100(args: argparse.Namespace) -> bool:
     count, concurrency = args.jobs, 2
     print(f"== noop100: {count} independent `true` jobs, local executor, concurrency {concurrency}, vs make -j{concurrency}")
     with ExitStack() as stack:
-        cluster = Cluster(stack, "local")
-        cluster.worker("noop", concurrency)
+        cluster = Cluster(stack, "local", args.celery_conf)
+        worker = cluster.worker("noop", concurrency)
         cluster.run(cluster.pipeline("warm", independent_pipeline("warm", 2, "true")))
+        events = TaskEvents(stack, cluster.app)
+        cpu_before = cpu_seconds(worker.proc.pid)
         result = cluster.run(cluster.pipeline("noop", independent_pipeline("noop", count, "true")))
+        worker_cpu = cpu_seconds(worker.proc.pid) - cpu_before
+        time.sleep(0.3)  # the last events are still on their way
+        segments = task_segments(result, events)
         make = make_baseline(cluster.tmp / "make", count, concurrency)
     durations = [job_duration(j) for j in result.jobs.values()]
     span, wall = result.span(), result.submit_to_finish
@@ -558,7 +622,40 @@ def bench_noop100(args: argparse.Namespace) -> bool:
     print(f"{f'make -j{concurrency}':40}{ms(make)}{ms(make_per_job)}")
     print(f"job claim..finish: p50 {percentile(durations, 50) * 1000:.1f} ms, p99 {percentile(durations, 99) * 1000:.1f} ms")
     print(f"per-job overhead over make: {(per_job - make_per_job) * 1000:.1f} ms ({per_job / make_per_job:.0f}x)")
+    print(f"worker process CPU (user+sys, its own threads only): {worker_cpu:.2f} s = "
+          f"{worker_cpu / count * 1000:.1f} ms/job, {worker_cpu / wall:.0%} of one core during the run")
+    if all(segments.values()):
+        print("per task (Celery task events + state store; p50 / p99):")
+        for label, values in segments.items():
+            print(f"  {label:58}{ms(percentile(values, 50))}{ms(percentile(values, 99))}")
     return True  # no target: the figure is the point
+
+
+TASK_SEGMENTS = (
+    ("consumed (task-received) -> running (task-started)", "task-received", "task-started"),
+    ("running -> claim() (get_run, get_jobs, decide, claim)", "task-started", "claim"),
+    ("claim() -> finish() (the job)", "claim", "finish"),
+    ("finish() -> task-succeeded (result stored, events)", "finish", "task-succeeded"),
+)
+
+
+def task_segments(result: RunResult, events: TaskEvents) -> dict[str, list[float]]:
+    """Each task's life split at its events and its job's claim/finish in the store."""
+    segments: dict[str, list[float]] = {label: [] for label, _, _ in TASK_SEGMENTS}
+    for name, job in result.jobs.items():
+        stamps = {**events.stamps(result.run_id, name), "claim": epoch(job.started_at),
+                  "finish": epoch(job.finished_at)}
+        for label, start, end in TASK_SEGMENTS:
+            if start in stamps and end in stamps:
+                segments[label].append(stamps[end] - stamps[start])
+    return segments
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (not its children), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def make_baseline(folder: Path, count: int, concurrency: int) -> float:
@@ -625,7 +722,7 @@ def bench_rss(args: argparse.Namespace) -> bool:
           f"{'target':>10}")
     for executor in executors:
         with ExitStack() as stack:
-            cluster = Cluster(stack, executor)
+            cluster = Cluster(stack, executor, args.celery_conf)
             name = f"rss-{executor}"
             if executor == "docker":
                 stack.callback(lambda: _remove_containers(name))
@@ -647,10 +744,114 @@ def bench_rss(args: argparse.Namespace) -> bool:
                 time.sleep(0.2)
             running.join()
         target = 100 * MB + 50 * MB * active
-        ok &= peak < target and idle < 100 * MB
+        met = idle < 100 * MB and peak < target
+        ok = ok and met
         print(f"{executor:10}{idle / MB:>7.1f} MB{warm / MB:>12.1f} MB{peak / MB:>13.1f} MB{processes:>11}"
-              f"{target / MB:>7.0f} MB  {verdict(peak < target and idle < 100 * MB)}")
+              f"{target / MB:>7.0f} MB  {verdict(met)}")
     return ok
+
+
+# -- jobcost: where a job's own time goes ------------------------------------------------
+
+class CallTimer:
+    """Wraps named callables of objects with a timer for the life of an ExitStack.
+
+    Only the bench process is touched; the engine code is untouched and runs as shipped.
+    """
+
+    def __init__(self, stack: ExitStack) -> None:
+        self.seconds: dict[str, list[float]] = defaultdict(list)
+        self._stack = stack
+
+    def wrap(self, owner: object, attribute: str, label: str) -> None:
+        original = getattr(owner, attribute)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[label].append(time.perf_counter() - start)
+
+        setattr(owner, attribute, timed)
+        self._stack.callback(setattr, owner, attribute, original)
+
+
+def bench_jobcost(args: argparse.Namespace) -> bool:
+    """run_job in this process (no Celery, one thread), with its calls timed."""
+    from coordinator.submit import compile_run
+    from shared.state import open_state
+    from shared.state.base import JobMeta
+    from shared.state.redis import run_key
+    from worker import job_runner, logs, workspace
+    from worker.executors.local import LocalExecutor
+
+    print("== jobcost: conveyor's run_job in this process (no Celery, no second thread), per job")
+    cases = {
+        "chain of 40 no-op jobs": chain_pipeline(40),
+        "100 independent `true` jobs": independent_pipeline("noop", 100, "true"),
+        "chain of 200 no-op jobs": chain_pipeline(200),
+    }
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="conveyor-bench-")))
+        store = open_state(stack.enter_context(redis_server(tmp)))
+        stack.callback(store.close)
+        counter = iter(range(1_000_000))
+
+        def new_run(text: str) -> tuple[str, list[str]]:
+            source = tmp / "src" / str(next(counter))
+            source.mkdir(parents=True)
+            (source / "pipeline.yml").write_text(text)
+            run_id = f"bench-{next(counter)}"
+            plan = compile_run(source / "pipeline.yml", {}, run_id)
+            store.create_run(run_id, plan.pipeline, {n: JobMeta() for n in plan.jobs}, plan.to_dict(),
+                             {"source": str(source)})
+            return run_id, list(plan.jobs)  # plan order: dependencies first in these pipelines
+
+        executor = LocalExecutor()
+        ctx = job_runner.WorkerContext(store=store, executor=executor, worker_name="bench", data_dir=tmp / "data")
+        for label, text in cases.items():
+            run_id, names = new_run(text)
+            for name in names[:5]:  # warm-up: imports, scripts, connections
+                job_runner.run_job(ctx, run_id, name)
+            with ExitStack() as patches:
+                timer = CallTimer(patches)
+                for method in ("get_run", "get_jobs", "claim", "finish", "append_logs"):
+                    timer.wrap(store, method, f"store.{method}")
+                for method in ("prepare", "start", "cleanup"):
+                    timer.wrap(executor, method, f"executor.{method}")
+                timer.wrap(workspace, "populate", "workspace.populate")
+                timer.wrap(workspace, "remove", "workspace.remove")
+                timer.wrap(logs.LogSink, "close", "LogSink.close")
+                timer.wrap(job_runner, "decide", "decide")
+                timer.wrap(job_runner, "run_job", "run_job (total)")
+                run_id, names = new_run(text)
+                for name in names:
+                    job_runner.run_job(ctx, run_id, name)
+            jobs = len(names)
+            print(f"-- {label}")
+            ordered = sorted(timer.seconds.items(), key=lambda item: -sum(item[1]))
+            for name, values in ordered:
+                if sum(values) / jobs >= 0.0001:
+                    print(f"  {name:22}{sum(values) / jobs * 1000:7.2f} ms/job  ({len(values) / jobs:.0f} call/job, "
+                          f"p50 {statistics.median(values) * 1000:.2f} ms)")
+        print("-- store.get_jobs() (every job start reads every job record) by run size, all jobs done:")
+        for size in (40, 100, 200, 1000):
+            run_id, names = new_run(independent_pipeline("size", size, "true"))
+            for name in names:  # a finished job's record carries its attempt: that is what is read
+                claim = store.claim(run_id, name, "bench", 30_000)
+                store.finish(run_id, name, claim.token, "success", exit_code=0)
+            calls, raw = [], []
+            for _ in range(10):
+                start = time.perf_counter()
+                store.get_jobs(run_id)
+                calls.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                store.client.hgetall(run_key(run_id, "jobs"))  # the read alone, without decoding
+                raw.append(time.perf_counter() - start)
+            print(f"  {size:5} jobs: {statistics.median(calls) * 1000:7.2f} ms per call, of which HGETALL "
+                  f"{statistics.median(raw) * 1000:.2f} ms (the rest: JSON and JobRecord decoding)")
+    return True
 
 
 # -- command line ---------------------------------------------------------------------------
@@ -662,29 +863,43 @@ BENCHES: dict[str, Callable[[argparse.Namespace], bool]] = {
     "noop100": bench_noop100,
     "rss": bench_rss,
 }
+# Diagnostics, not part of `all`.
+EXTRA: dict[str, Callable[[argparse.Namespace], bool]] = {"jobcost": bench_jobcost}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("bench", choices=[*BENCHES, "all", "_bare-worker"])
+    parser.add_argument("bench", choices=[*BENCHES, "all", *EXTRA, "_bare-worker"])
     parser.add_argument("redis_url", nargs="?", help=argparse.SUPPRESS)  # _bare-worker only
     parser.add_argument("--chain", type=int, default=40, help="hops: chain length (default 40)")
     parser.add_argument("--repeat", type=int, default=3, help="hops/makespan: runs (default 3)")
     parser.add_argument("--runs", type=int, default=10, help="docker: runs of each side (default 10)")
     parser.add_argument("--jobs", type=int, default=100, help="noop100: jobs (default 100)")
     parser.add_argument("--executor", choices=["local", "docker", "both"], default="both", help="rss (default both)")
+    parser.add_argument("--celery-conf", action="append", default=[], metavar="KEY=JSON",
+                        help="override a Celery setting in the workers and the submitter, to measure "
+                             "what it costs (e.g. task_track_started=false); repeatable")
     parser.add_argument("--concurrency", type=int, default=2, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_worker"]:  # before argparse: the rest is `conveyor worker`'s options
+        overridden_worker_main(json.loads(argv[1]), argv[2:])
+        return 0
     args = parser.parse_args(argv)
+    args.celery_conf = parse_overrides(args.celery_conf)
     if args.bench == "_bare-worker":
         bare_worker_main(args.redis_url, args.concurrency)
         return 0
     # SIGTERM unwinds like Ctrl-C, so every ExitStack stops what it started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     names = list(BENCHES) if args.bench == "all" else [args.bench]
+    if args.celery_conf:
+        print(f"Celery settings overridden: {args.celery_conf}")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{os.cpu_count()} CPUs, load average {load} (other work on the host skews every figure)\n")
     results = {}
     for name in names:
         start = time.perf_counter()
-        results[name] = BENCHES[name](args)
+        results[name] = {**BENCHES, **EXTRA}[name](args)
         print(f"({name}: {time.perf_counter() - start:.1f} s)\n")
     missed = [n for n, ok in results.items() if not ok]
     print("targets missed: " + (", ".join(missed) if missed else "none"))

@@ -243,6 +243,11 @@ def run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
     record = records[job_name]
     if record.status in TERMINAL:
         return {"run_id": run_id, "job": job_name, "status": record.status}
+    deadline = _iso_to_epoch(run.created_at) + plan.timeout
+    if time.time() > deadline and not run.cancel_requested:
+        # Nothing may outlive the pipeline timeout, not even a job whose upstream was lost.
+        store.request_cancel(run_id)
+        return {"run_id": run_id, "job": job_name, "status": store.get_jobs(run_id)[job_name].status}
     waiting = [d for d in _ancestors(plan, job_name) if records[d].status not in TERMINAL]
     if waiting:
         raise Reschedule(WAIT_FOR_DEPENDENCIES, f"waiting for {', '.join(waiting[:3])}")
@@ -259,7 +264,6 @@ def run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
             raise Reschedule(ctx.lease_seconds, "another attempt holds the lease")
         status = store.get_jobs(run_id)[job_name].status
         return {"run_id": run_id, "job": job_name, "status": status}
-    deadline = _iso_to_epoch(run.created_at) + plan.timeout
     return _run_claimed(ctx, plan, job, claim, run_id, deadline, record)
 
 
