@@ -1,0 +1,342 @@
+"""Artifacts as manifests: which files a job produced, stored per file in the CAS.
+
+A manifest lists every member (POSIX path relative to the workspace, sha256, size, mode,
+symlink target) and is itself stored as a CAS object; its digest names the artifact.
+Members are checked on the way in (`build_manifest`) and again on the way out
+(`Manifest.from_bytes`, `download_tree`): a manifest comes from storage, so it is untrusted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shutil
+import stat
+import tempfile
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+from shared.artifacts.base import ArtifactError, ObjectStore, PathError, _unlink_quietly, check_digest, hash_file
+
+MANIFEST_VERSION = 1
+DEFAULT_WORKERS = 8
+
+T = TypeVar("T")
+
+
+class ManifestError(ArtifactError, ValueError):
+    """A manifest that is not valid JSON of the expected shape."""
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One member of an artifact: a regular file (`sha256` set) or a symlink (`link_target` set)."""
+
+    path: str
+    sha256: str | None
+    size: int
+    mode: int
+    link_target: str | None = None
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.link_target is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "size": self.size, "mode": self.mode,
+                "link_target": self.link_target}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The members of an artifact, sorted by path; valid by construction."""
+
+    entries: tuple[ManifestEntry, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "entries", tuple(sorted(self.entries, key=lambda e: e.path)))
+        _validate_entries(self.entries)
+
+    @property
+    def files(self) -> tuple[ManifestEntry, ...]:
+        return tuple(e for e in self.entries if not e.is_symlink)
+
+    @property
+    def total_size(self) -> int:
+        return sum(e.size for e in self.files)
+
+    def digests(self) -> set[str]:
+        """Every file object this artifact references (for gc and refcounts)."""
+        return {e.sha256 for e in self.files if e.sha256}
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON: the same members always give the same bytes, hence the same digest."""
+        doc = {"version": MANIFEST_VERSION, "entries": [e.to_json() for e in self.entries]}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Manifest":
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"manifest is not JSON: {exc}") from None
+        if not isinstance(doc, dict) or doc.get("version") != MANIFEST_VERSION:
+            raise ManifestError(f"unsupported manifest (want version {MANIFEST_VERSION})")
+        raw = doc.get("entries")
+        if not isinstance(raw, list):
+            raise ManifestError("manifest has no entries list")
+        entries = []
+        for item in raw:
+            if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+                raise ManifestError(f"malformed manifest entry: {item!r}")
+            entries.append(ManifestEntry(path=item["path"], sha256=item.get("sha256"),
+                                         size=item.get("size"), mode=item.get("mode"),
+                                         link_target=item.get("link_target")))
+        return cls(tuple(entries))
+
+
+# -- path rules ----------------------------------------------------------------------
+
+def check_member_path(path: str) -> str:
+    """Return `path` if it is a normalized relative POSIX path staying inside its root."""
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise PathError(f"invalid member path {path!r}")
+    if path.startswith("/"):
+        raise PathError(f"absolute member path {path!r}")
+    parts = path.split("/")
+    if ".." in parts:
+        raise PathError(f"member path {path!r} contains '..'")
+    if any(p in ("", ".") for p in parts):
+        raise PathError(f"member path {path!r} is not normalized")
+    return path
+
+
+def check_link_target(path: str, target: str) -> str:
+    """Return `target` if the symlink at `path` points, lexically, inside the root."""
+    if not isinstance(target, str) or not target or "\0" in target:
+        raise PathError(f"symlink {path!r} has an invalid target {target!r}")
+    if target.startswith("/"):
+        raise PathError(f"symlink {path!r} -> {target!r} is absolute")
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    if resolved == ".." or resolved.startswith("../"):
+        raise PathError(f"symlink {path!r} -> {target!r} points outside the workspace")
+    return target
+
+
+def _validate_entries(entries: Sequence[ManifestEntry]) -> None:
+    seen: set[str] = set()
+    for e in entries:
+        check_member_path(e.path)
+        if e.path in seen:
+            raise ManifestError(f"duplicate member {e.path!r}")
+        seen.add(e.path)
+        if not isinstance(e.mode, int) or isinstance(e.mode, bool) or not 0 <= e.mode <= 0o777:
+            raise ManifestError(f"member {e.path!r} has invalid mode {e.mode!r}")
+        if e.link_target is not None:
+            check_link_target(e.path, e.link_target)
+            if e.sha256 is not None:
+                raise ManifestError(f"symlink member {e.path!r} has a sha256")
+        else:
+            try:
+                check_digest(e.sha256)  # type: ignore[arg-type]
+            except ValueError:
+                raise ManifestError(f"member {e.path!r} has invalid sha256 {e.sha256!r}") from None
+            if not isinstance(e.size, int) or isinstance(e.size, bool) or e.size < 0:
+                raise ManifestError(f"member {e.path!r} has invalid size {e.size!r}")
+    # A member cannot also be a directory of another: that is how "link -> .., link/x" would
+    # write through a symlink.
+    for e in entries:
+        for parent in PurePosixPath(e.path).parents:
+            if str(parent) in seen:
+                raise PathError(f"member {e.path!r} lies under member {str(parent)!r}")
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _check_glob(pattern: str) -> None:
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise PathError(f"empty artifact glob {pattern!r}")
+    if pattern.startswith("/") or pattern.startswith("\\"):
+        raise PathError(f"artifact glob {pattern!r} is absolute")
+    if ".." in pattern.replace("\\", "/").split("/"):
+        raise PathError(f"artifact glob {pattern!r} contains '..'")
+
+
+# -- building ------------------------------------------------------------------------
+
+def build_manifest(root: Path, globs: Sequence[str], workers: int = DEFAULT_WORKERS) -> Manifest:
+    """The manifest of the files under `root` matching `globs` (hashed concurrently).
+
+    A matched directory contributes everything below it. Symlinks are recorded as symlinks;
+    one that is absolute or resolves outside `root` raises `PathError`, as does a glob that
+    is absolute or uses `..`. Only regular files and symlinks are collected.
+    """
+    root = Path(root)
+    real_root = os.path.realpath(root)
+    if not os.path.isdir(real_root):
+        raise FileNotFoundError(f"artifact root {root} is not a directory")
+    found: dict[str, Path] = {}
+    for pattern in globs:
+        _check_glob(pattern)
+        for match in _glob(root, pattern):
+            for member in _expand(match):
+                found.setdefault(PurePosixPath(member.relative_to(root)).as_posix(), member)
+
+    files: list[tuple[str, Path, int]] = []
+    links: list[ManifestEntry] = []
+    for rel, member in sorted(found.items()):
+        st = os.lstat(member)
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(member)
+            check_link_target(rel, target)
+            # The lexical check misses chains (a -> b/.., b -> ../x); the real path does not.
+            if not _inside(os.path.realpath(member), real_root):
+                raise PathError(f"symlink {rel!r} -> {target!r} resolves outside the workspace")
+            links.append(ManifestEntry(rel, None, 0, 0o777, target))
+        elif stat.S_ISREG(st.st_mode):
+            # A match reached through a symlinked directory: follow it only inside root.
+            if not _inside(os.path.realpath(member), real_root):
+                raise PathError(f"{rel!r} resolves outside the workspace")
+            files.append((rel, member, stat.S_IMODE(st.st_mode) & 0o777))
+
+    # A symlinked directory that is itself a member already carries what lies beneath it.
+    link_paths = {e.path for e in links}
+    files = [f for f in files if not any(str(p) in link_paths for p in PurePosixPath(f[0]).parents)]
+
+    infos = _parallel(lambda f: hash_file(f[1]), files, workers)
+    entries = [ManifestEntry(rel, info.digest, info.size, mode) for (rel, _, mode), info in zip(files, infos)]
+    return Manifest(tuple(entries + links))
+
+
+def _glob(root: Path, pattern: str) -> Iterable[Path]:
+    if not any(c in pattern for c in "*?["):
+        # A literal path: pathlib's glob drops dangling symlinks, which must still be checked.
+        path = root / pattern
+        return [path] if os.path.lexists(path) else []
+    return root.glob(pattern)
+
+
+def _expand(match: Path) -> Iterable[Path]:
+    """A glob match, or everything under it when it is a real directory (symlinks not followed)."""
+    if match.is_symlink() or not match.is_dir():
+        yield match
+        return
+    for dirpath, dirnames, filenames in os.walk(match, followlinks=False):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink() or name in filenames:
+                yield path
+
+
+# -- transfer ------------------------------------------------------------------------
+
+def upload_tree(store: ObjectStore, root: Path, globs: Sequence[str],
+                workers: int = DEFAULT_WORKERS) -> tuple[str, Manifest]:
+    """Store the files under `root` matching `globs`; returns (manifest digest, manifest).
+
+    Each distinct content is uploaded once, and not at all when the store already has it.
+    """
+    root = Path(root)
+    manifest = build_manifest(root, globs, workers)
+    unique: dict[str, ManifestEntry] = {}
+    for entry in manifest.files:
+        unique.setdefault(entry.sha256, entry)  # type: ignore[arg-type]
+    _parallel(lambda e: store.put_file(root / e.path, e.sha256), list(unique.values()), workers)
+    return store.put_bytes(manifest.to_bytes()).digest, manifest
+
+
+def download_tree(store: ObjectStore, manifest_digest: str, dest: Path,
+                  workers: int = DEFAULT_WORKERS) -> Manifest:
+    """Recreate an artifact under `dest`, verifying every file before it appears there.
+
+    Members land only inside `dest`: the manifest is validated, parent directories are
+    created without following symlinks, and symlinks are made last and checked to resolve
+    inside `dest`. Existing files at member paths are replaced.
+    """
+    manifest = Manifest.from_bytes(store.get_bytes(manifest_digest))
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    real_dest = os.path.realpath(dest)
+
+    by_digest: dict[str, list[ManifestEntry]] = defaultdict(list)
+    for entry in manifest.files:
+        by_digest[entry.sha256].append(entry)  # type: ignore[index]
+    for entry in manifest.entries:
+        _make_parents(dest, entry.path)
+
+    def fetch(group: list[ManifestEntry]) -> None:
+        first = group[0]
+        first_path = dest / first.path
+        store.get_file(first.sha256, first_path, first.size)  # type: ignore[arg-type]
+        os.chmod(first_path, first.mode)
+        for other in group[1:]:
+            # Same content twice in one artifact: copy locally rather than download again.
+            _copy_atomically(first_path, dest / other.path)
+            os.chmod(dest / other.path, other.mode)
+
+    _parallel(fetch, list(by_digest.values()), workers)
+
+    for entry in manifest.entries:
+        if entry.is_symlink:
+            _symlink_atomically(entry.link_target, dest / entry.path)  # type: ignore[arg-type]
+    for entry in manifest.entries:
+        if entry.is_symlink and not _inside(os.path.realpath(dest / entry.path), real_dest):
+            os.unlink(dest / entry.path)
+            raise PathError(f"symlink {entry.path!r} -> {entry.link_target!r} resolves outside {dest}")
+    return manifest
+
+
+def _make_parents(dest: Path, member: str) -> None:
+    """Create the directories of `member` under `dest`, refusing to pass through a symlink."""
+    current = dest
+    for part in PurePosixPath(member).parent.parts:
+        current = current / part
+        if current.is_symlink():
+            raise PathError(f"{member!r}: {current} is a symlink; refusing to write through it")
+        if not current.exists():
+            current.mkdir()
+        elif not current.is_dir():
+            raise PathError(f"{member!r}: {current} exists and is not a directory")
+
+
+def _copy_atomically(src: Path, dest: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _symlink_atomically(target: str, dest: Path) -> None:
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{id(dest):x}.link"
+    _unlink_quietly(tmp)
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _parallel(fn: Callable[[T], Any], items: list[T], workers: int) -> list[Any]:
+    """Map `fn` over `items` on a thread pool; the first error cancels what has not started."""
+    if not items:
+        return []
+    if workers <= 1 or len(items) == 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
