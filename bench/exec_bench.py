@@ -1,7 +1,7 @@
 """Execution benchmarks: a real redis-server and `conveyor worker` processes, measured
 against a baseline run in the same invocation.
 
-    python bench/exec_bench.py {hops,makespan,docker,noop100,rss,all} [options]
+    python bench/exec_bench.py {hops,makespan,docker,noop100,rss,all,jobcost} [options]
 
     hops      hop latency (downstream started_at - upstream finished_at) of a 40-job chain
               vs. a bare Celery chain on the same Redis     target p50 <= 15 ms, p99 <= 100 ms
@@ -12,6 +12,7 @@ against a baseline run in the same invocation.
     noop100   100 independent `true` jobs (concurrency 2) vs. `make -j2` of the same commands
     rss       worker process-tree VmRSS idle and with 4 `sleep 5` jobs
                                                             target < 100 MB + 50 MB/job
+    jobcost   diagnostic, not in `all`: run_job in this process, each call it makes timed
 
 Every sub-command starts its own redis-server on a free port in a temporary directory and
 its own workers, and removes all of it (processes, containers, files) when it ends, also
@@ -155,7 +156,15 @@ class Process:
             raise RuntimeError(f"{what} did not become ready in {READY_TIMEOUT:.0f} s:\n{tail}")
 
     def stop(self) -> None:
+        # Local-executor steps run in sessions of their own, outside the worker's group:
+        # note them first, so none outlives the bench.
+        descendants = process_tree(self.proc.pid)[1:] if self.proc.poll() is None else []
         kill_group(self.proc)
+        for pid in descendants:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 # -- a Conveyor cluster -----------------------------------------------------------------------
@@ -411,23 +420,23 @@ def bench_hops(args: argparse.Namespace) -> bool:
         cluster.worker("hops", 2)
         pipeline = cluster.pipeline("hops", chain_pipeline(length))
         cluster.run(cluster.pipeline("warm", chain_pipeline(2)))  # imports, plan cache, connections
-        events = TaskEvents(stack, cluster.app)
         hops: list[float] = []
         noop_jobs: list[float] = []
         totals: list[float] = []
-        results = []
         for _ in range(repeat):
             result = cluster.run(pipeline)
             jobs = list(result.jobs.values())  # plan order, which is chain order
             hops += [store_delta(a.finished_at, b.started_at) for a, b in zip(jobs, jobs[1:])]
             noop_jobs += [job_duration(j) for j in jobs]
             totals.append(result.submit_to_finish)
-            results.append(result)
+        # One more run for the breakdown: decoding events takes CPU the measured runs should not share.
+        events = TaskEvents(stack, cluster.app)
+        result = cluster.run(pipeline)
         time.sleep(0.3)  # the last events are still on their way
-        segments = hop_segments(results, events)
+        segments = hop_segments([result], events)
 
-        bare = Process([sys.executable, str(Path(__file__).resolve()), "_bare-worker", cluster.redis_url,
-                        "--concurrency", "2"], cluster.env)
+        bare = Process([sys.executable, str(Path(__file__).resolve()), "_bare-worker", cluster.redis_url, "2"],
+                       cluster.env)
         stack.callback(bare.stop)
         bare.wait_ready("bare Celery worker")
         bare_hops, round_trips, bare_totals = bare_celery(cluster.redis_url, length, repeat)
@@ -445,7 +454,7 @@ def bench_hops(args: argparse.Namespace) -> bool:
           f"bare celery {statistics.median(bare_totals):.2f} s (medians)")
     print(f"ratio hop p50 conveyor/bare: {p50 / b50:.1f}x   p99: {p99 / b99:.1f}x")
     if all(segments.values()):
-        print("where a hop goes (Celery task events + state store; p50 / p99 per segment):")
+        print("where a hop goes, from one more run traced with Celery task events (p50 / p99):")
         for label, values in segments.items():
             print(f"  {label:58}{ms(percentile(values, 50))}{ms(percentile(values, 99))}")
     else:
@@ -600,17 +609,21 @@ def _remove_containers(worker: str) -> None:
 
 def bench_noop100(args: argparse.Namespace) -> bool:
     count, concurrency = args.jobs, 2
-    print(f"== noop100: {count} independent `true` jobs, local executor, concurrency {concurrency}, vs make -j{concurrency}")
+    print(f"== noop100: {count} independent `true` jobs, local executor, concurrency {concurrency}, "
+          f"vs make -j{concurrency}")
     with ExitStack() as stack:
         cluster = Cluster(stack, "local", args.celery_conf)
         worker = cluster.worker("noop", concurrency)
         cluster.run(cluster.pipeline("warm", independent_pipeline("warm", 2, "true")))
-        events = TaskEvents(stack, cluster.app)
+        pipeline = cluster.pipeline("noop", independent_pipeline("noop", count, "true"))
         cpu_before = cpu_seconds(worker.proc.pid)
-        result = cluster.run(cluster.pipeline("noop", independent_pipeline("noop", count, "true")))
+        result = cluster.run(pipeline)
         worker_cpu = cpu_seconds(worker.proc.pid) - cpu_before
+        # One more run for the breakdown: decoding events takes CPU the measured run should not share.
+        events = TaskEvents(stack, cluster.app)
+        traced = cluster.run(pipeline)
         time.sleep(0.3)  # the last events are still on their way
-        segments = task_segments(result, events)
+        segments = task_segments(traced, events)
         make = make_baseline(cluster.tmp / "make", count, concurrency)
     durations = [job_duration(j) for j in result.jobs.values()]
     span, wall = result.span(), result.submit_to_finish
@@ -620,12 +633,13 @@ def bench_noop100(args: argparse.Namespace) -> bool:
     print(f"{'conveyor, first start..last finish':40}{ms(span)}{ms(per_job)}")
     print(f"{'conveyor, submit..run-end event':40}{ms(wall)}{ms(wall * concurrency / count)}")
     print(f"{f'make -j{concurrency}':40}{ms(make)}{ms(make_per_job)}")
-    print(f"job claim..finish: p50 {percentile(durations, 50) * 1000:.1f} ms, p99 {percentile(durations, 99) * 1000:.1f} ms")
+    print(f"job claim..finish: p50 {percentile(durations, 50) * 1000:.1f} ms, "
+          f"p99 {percentile(durations, 99) * 1000:.1f} ms")
     print(f"per-job overhead over make: {(per_job - make_per_job) * 1000:.1f} ms ({per_job / make_per_job:.0f}x)")
     print(f"worker process CPU (user+sys, its own threads only): {worker_cpu:.2f} s = "
           f"{worker_cpu / count * 1000:.1f} ms/job, {worker_cpu / wall:.0%} of one core during the run")
     if all(segments.values()):
-        print("per task (Celery task events + state store; p50 / p99):")
+        print("per task, from a second run traced with Celery task events (p50 / p99):")
         for label, values in segments.items():
             print(f"  {label:58}{ms(percentile(values, 50))}{ms(percentile(values, 99))}")
     return True  # no target: the figure is the point
@@ -733,16 +747,24 @@ def bench_rss(args: argparse.Namespace) -> bool:
             cluster.run(cluster.pipeline("warm", independent_pipeline("warm", 1, "true", image)))
             warm, _ = tree_rss(worker.proc.pid)
             peak, processes = 0, 0
-            running = threading.Thread(
-                target=cluster.run,
-                args=(cluster.pipeline("busy", independent_pipeline("busy", active, "sleep 5", image)),))
+            busy = cluster.pipeline("busy", independent_pipeline("busy", active, "sleep 5", image))
+            failures: list[Exception] = []
+
+            def run_busy() -> None:
+                try:
+                    cluster.run(busy)
+                except Exception as exc:  # re-raised below; quiet if the bench was interrupted
+                    failures.append(exc)
+
+            running = threading.Thread(target=run_busy, daemon=True)
             running.start()
             while running.is_alive():
                 rss, count = tree_rss(worker.proc.pid)
                 if rss > peak:
                     peak, processes = rss, count
                 time.sleep(0.2)
-            running.join()
+            if failures:
+                raise failures[0]
         target = 100 * MB + 50 * MB * active
         met = idle < 100 * MB and peak < target
         ok = ok and met
@@ -869,8 +891,7 @@ EXTRA: dict[str, Callable[[argparse.Namespace], bool]] = {"jobcost": bench_jobco
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("bench", choices=[*BENCHES, "all", *EXTRA, "_bare-worker"])
-    parser.add_argument("redis_url", nargs="?", help=argparse.SUPPRESS)  # _bare-worker only
+    parser.add_argument("bench", choices=[*BENCHES, "all", *EXTRA])
     parser.add_argument("--chain", type=int, default=40, help="hops: chain length (default 40)")
     parser.add_argument("--repeat", type=int, default=3, help="hops/makespan: runs (default 3)")
     parser.add_argument("--runs", type=int, default=10, help="docker: runs of each side (default 10)")
@@ -879,16 +900,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--celery-conf", action="append", default=[], metavar="KEY=JSON",
                         help="override a Celery setting in the workers and the submitter, to measure "
                              "what it costs (e.g. task_track_started=false); repeatable")
-    parser.add_argument("--concurrency", type=int, default=2, help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_worker"]:  # before argparse: the rest is `conveyor worker`'s options
+    # Child processes this script starts for itself; not for users.
+    if argv[:1] == ["_worker"]:  # _worker OVERRIDES_JSON <conveyor worker options>
         overridden_worker_main(json.loads(argv[1]), argv[2:])
+        return 0
+    if argv[:1] == ["_bare-worker"]:  # _bare-worker REDIS_URL CONCURRENCY
+        bare_worker_main(argv[1], int(argv[2]))
         return 0
     args = parser.parse_args(argv)
     args.celery_conf = parse_overrides(args.celery_conf)
-    if args.bench == "_bare-worker":
-        bare_worker_main(args.redis_url, args.concurrency)
-        return 0
     # SIGTERM unwinds like Ctrl-C, so every ExitStack stops what it started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     names = list(BENCHES) if args.bench == "all" else [args.bench]
@@ -907,4 +928,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the ExitStacks have stopped everything by now
+        print("\ninterrupted; every process, container and directory it started is gone", file=sys.stderr)
+        sys.exit(130)

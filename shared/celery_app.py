@@ -44,10 +44,11 @@ def create_app(settings: Settings) -> Celery:
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
-        # Flower shows task names, kwargs (run id, job name: never secrets) and events.
+        # Flower shows task names and kwargs (run id, job name: never secrets) from worker
+        # events, so workers send them from the start. No "sent" events and no STARTED
+        # results: the state store tells when a job started, and each costs a Redis write
+        # on every hop.
         worker_send_task_events=True,
-        task_send_sent_event=True,
-        task_track_started=True,
         worker_hijack_root_logger=False,
         redis_socket_keepalive=True,
     )

@@ -17,7 +17,7 @@ from typing import Callable
 from shared import expressions
 from shared.plan import Job, Plan, Step
 from shared.state.base import (
-    CANCELLED, FAILED, PENDING, RETRYING, SKIPPED, SUCCESS, TERMINAL, Claim, JobRecord, StateStore,
+    CANCELLED, FAILED, PENDING, RETRYING, SKIPPED, SUCCESS, TERMINAL, Claim, JobRecord, RunRecord, StateStore,
 )
 from worker import workspace as workspaces
 from worker.backoff import retry_delay
@@ -28,8 +28,8 @@ from worker.secrets import Masker, MissingSecret, load_secrets
 log = logging.getLogger("conveyor.worker")
 
 INFRA_RETRIES = 3  # engine hiccups are retried on top of the job's own retry_count
-WAIT_FOR_DEPENDENCIES = 1.0
-HEARTBEAT_MAX_INTERVAL = 2.0  # seconds between checks when a dependency is not terminal yet
+WAIT_FOR_DEPENDENCIES = 1.0  # seconds between checks when a dependency is not terminal yet
+HEARTBEAT_MAX_INTERVAL = 2.0
 
 
 class Reschedule(Exception):
@@ -239,7 +239,8 @@ def run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
         return {"run_id": run_id, "job": job_name, "status": "unknown"}
     plan = ctx.plan(run_id)
     job = plan.jobs[job_name]
-    records = store.get_jobs(run_id)
+    ancestors = _ancestors(plan, job_name)
+    records = store.get_jobs(run_id, [job_name, *ancestors])
     record = records[job_name]
     if record.status in TERMINAL:
         return {"run_id": run_id, "job": job_name, "status": record.status}
@@ -247,8 +248,8 @@ def run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
     if time.time() > deadline and not run.cancel_requested:
         # Nothing may outlive the pipeline timeout, not even a job whose upstream was lost.
         store.request_cancel(run_id)
-        return {"run_id": run_id, "job": job_name, "status": store.get_jobs(run_id)[job_name].status}
-    waiting = [d for d in _ancestors(plan, job_name) if records[d].status not in TERMINAL]
+        return {"run_id": run_id, "job": job_name, "status": store.get_jobs(run_id, [job_name])[job_name].status}
+    waiting = [d for d in ancestors if records[d].status not in TERMINAL]
     if waiting:
         raise Reschedule(WAIT_FOR_DEPENDENCIES, f"waiting for {', '.join(waiting[:3])}")
     if record.status == PENDING:
@@ -262,13 +263,14 @@ def run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
             # Another worker holds a live lease (an early redelivery). Watch instead of
             # running: if that worker dies, its lease expires and this copy takes over.
             raise Reschedule(ctx.lease_seconds, "another attempt holds the lease")
-        status = store.get_jobs(run_id)[job_name].status
+        status = store.get_jobs(run_id, [job_name])[job_name].status
         return {"run_id": run_id, "job": job_name, "status": status}
-    return _run_claimed(ctx, plan, job, claim, run_id, deadline, record)
+    return _run_claimed(ctx, plan, job, claim, run, deadline, record)
 
 
-def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run_id: str, deadline: float,
+def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: RunRecord, deadline: float,
                  record: JobRecord) -> dict:
+    run_id = run.run_id
     store = ctx.store
     workspace = workspaces.workspace_path(ctx.data_dir, run_id, job.name)
     full_log = ctx.data_dir / "logs" / run_id / f"{workspace.name}.{claim.attempt}.log"
@@ -294,7 +296,7 @@ def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run_id:
             sink.system("deployment jobs need the deployment engine, which this version does not have yet")
             failure = StepOutcome(None, "infrastructure", 0.0)
         else:
-            source = plan_source(store, run_id)
+            source = Path(run.meta["source"]) if run.meta.get("source") else None
             workspaces.populate(workspace, source, exclude=ctx.data_dir)
             ctx.executor.prepare(spec)
             failure = attempt.execute(spec, secrets, sink)
@@ -347,9 +349,3 @@ def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run_id:
     sink.close()
     store.finish(run_id, job.name, claim.token, status, exit_code=failure.exit_code, reason=failure.reason)
     return {"run_id": run_id, "job": job.name, "status": status}
-
-
-def plan_source(store: StateStore, run_id: str) -> Path | None:
-    run = store.get_run(run_id)
-    source = (run.meta or {}).get("source") if run else None
-    return Path(source) if source else None

@@ -33,7 +33,7 @@ def worker(queues: str, concurrency: int, name: str | None, metrics_port: int | 
     # and let one worker supervise many jobs.
     app.worker_main([
         "worker", f"--queues={queues}", f"--concurrency={concurrency}", f"--hostname={hostname}",
-        "--pool=threads", f"--loglevel={loglevel}", "--task-events", "--without-mingle",
+        "--pool=threads", f"--loglevel={loglevel}", "--without-mingle",
     ])
 
 

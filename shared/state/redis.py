@@ -239,8 +239,19 @@ class RedisState:
             raise UnknownRun(run_id)
         return json.loads(raw)
 
-    def get_jobs(self, run_id: str) -> dict[str, JobRecord]:
+    def get_jobs(self, run_id: str, names: Sequence[str] | None = None) -> dict[str, JobRecord]:
         check_run_id(run_id)
+        if names is not None:
+            # Only the jobs asked for: a job start reads its ancestors, not the whole run.
+            wanted = list(dict.fromkeys(names))
+            values = self.client.hmget(run_key(run_id, "jobs"), wanted) if wanted else []
+            if wanted and all(v is None for v in values) and not self.client.exists(run_key(run_id, "jobs")):
+                raise UnknownRun(run_id)
+            missing = [name for name, v in zip(wanted, values) if v is None]
+            if missing:
+                raise UnknownJob(f"{run_id}: {missing[0]}")
+            decoded = sorted(((n, json.loads(v)) for n, v in zip(wanted, values)), key=lambda p: p[1]["position"])
+            return {name: _job_record(name, data) for name, data in decoded}
         raw = self.client.hgetall(run_key(run_id, "jobs"))
         if not raw:
             raise UnknownRun(run_id)

@@ -270,7 +270,7 @@ class SQLiteState:
             raise UnknownRun(run_id)
         return json.loads(row["plan"])
 
-    def get_jobs(self, run_id: str) -> dict[str, JobRecord]:
+    def get_jobs(self, run_id: str, names: Sequence[str] | None = None) -> dict[str, JobRecord]:
         check_run_id(run_id)
         db = self._conn()
         # One read transaction so jobs and attempts come from the same snapshot.
@@ -279,6 +279,12 @@ class SQLiteState:
             if self._run_row(db, run_id, _now_ms()) is None:
                 raise UnknownRun(run_id)
             jobs = db.execute("SELECT * FROM jobs WHERE run_id = ? ORDER BY position", (run_id,)).fetchall()
+            if names is not None:
+                wanted = set(names)
+                jobs = [j for j in jobs if j["name"] in wanted]
+                missing = wanted - {j["name"] for j in jobs}
+                if missing:
+                    raise UnknownJob(f"{run_id}: {sorted(missing)[0]}")
             attempts: dict[str, list[AttemptRecord]] = {}
             for a in db.execute("SELECT * FROM attempts WHERE run_id = ? ORDER BY job, number", (run_id,)):
                 attempts.setdefault(a["job"], []).append(_attempt_record(a))

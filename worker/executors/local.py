@@ -190,16 +190,15 @@ class LocalExecutor:
             return handle.outcome
         proc = handle.proc
         assert proc is not None
-        while proc.returncode is None:
-            remaining = handle.remaining()
-            if remaining <= 0:
-                self.kill(handle, "timeout")
-                proc.wait()
-                break
-            try:
-                proc.wait(timeout=remaining)
-            except subprocess.TimeoutExpired:
-                continue
+        # A timer enforces the timeout so the wait itself can block: Popen.wait(timeout=...)
+        # polls with sleeps of up to 50 ms, which every step would pay at its end.
+        timer = threading.Timer(max(handle.remaining(), 0.0), self.kill, args=(handle, "timeout"))
+        timer.daemon = True
+        timer.start()
+        try:
+            proc.wait()
+        finally:
+            timer.cancel()
         # Background jobs the script left would keep the pipes (and tail) open forever;
         # a container would take them down with it, so do the same here, and wait (briefly)
         # until the kernel has actually taken them down: the step is over only then.

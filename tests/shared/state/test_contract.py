@@ -621,3 +621,17 @@ def test_sqlite_url_with_three_slashes_is_relative(tmp_path, monkeypatch) -> Non
     again = open_state(f"sqlite:///{tmp_path}/rel.db")
     assert len(again.list_runs()) == 1
     again.close()
+
+
+def test_get_jobs_for_some_names_only(store: StateStore) -> None:
+    run_id = new_run(store, "a", "b", "c")
+    claim = store.claim(run_id, "b", "w", 10_000)
+    assert store.finish(run_id, "b", claim.token, "success", exit_code=0)
+    some = store.get_jobs(run_id, ["c", "b"])
+    assert list(some) == ["b", "c"]  # plan order, whatever the order asked
+    assert some["b"].status == "success" and some["c"].status == "pending"
+    assert store.get_jobs(run_id, []) == {}
+    with pytest.raises(LookupError):
+        store.get_jobs(run_id, ["nope"])
+    with pytest.raises(LookupError):
+        store.get_jobs("no-such-run", ["a"])
