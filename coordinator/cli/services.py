@@ -29,6 +29,11 @@ def worker(queues: str, concurrency: int, name: str | None, metrics_port: int | 
     app = create_app(settings)
     tasks.register(app)
     hostname = name or tasks.worker_name(settings)
+    # Containers a previous life of this worker left behind (it was killed mid-job) carry
+    # its name in their labels: remove them before taking new work.
+    reaped = tasks.context(settings).executor.reap_orphans(hostname)
+    if reaped:
+        click.echo(f"removed {reaped} container(s) left by a previous run of {hostname}", err=True)
     # Threads: a job task mostly waits on a container or process, so threads keep RSS low
     # and let one worker supervise many jobs.
     app.worker_main([

@@ -203,6 +203,14 @@ def test_worker_killed_mid_job_reruns_once_on_other_worker(cluster) -> None:
     assert job["worker"] == "rescuer"
     assert [a["reason"] for a in job["attempt_history"]] == ["worker_lost", None]
     assert cluster.logs(run_id, "work").count("end") >= 1
+    # The killed worker's container outlived it; the worker's next life removes it.
+    def leftovers() -> list[str]:
+        out = subprocess.run(["docker", "ps", "-aq", "--filter", "label=conveyor.worker=victim"],
+                             capture_output=True, text=True, check=True).stdout
+        return out.split()
+    assert leftovers(), "expected the killed worker's container to be left behind"
+    cluster.worker("victim", concurrency=1)
+    assert leftovers() == []
 
 
 def test_visibility_timeout_shorter_than_job_runs_once(cluster) -> None:
