@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -49,16 +49,14 @@ class WorkerContext:
     worker_name: str
     data_dir: Path
     lease_seconds: float = 30.0
-    plans: dict[tuple[str, int], Plan] | None = None
+    plans: dict[str, Plan] = field(default_factory=dict)  # a run's plan never changes
 
     def plan(self, run_id: str) -> Plan:
-        self.plans = self.plans if self.plans is not None else {}
-        key = (run_id, 0)
-        if key not in self.plans:
+        if run_id not in self.plans:
             if len(self.plans) > 32:
                 self.plans.clear()
-            self.plans[key] = Plan.from_dict(self.store.get_plan(run_id))
-        return self.plans[key]
+            self.plans[run_id] = Plan.from_dict(self.store.get_plan(run_id))
+        return self.plans[run_id]
 
 
 def _ancestors(plan: Plan, name: str) -> list[str]:
@@ -197,7 +195,7 @@ class Attempt:
                     delay = retry_delay(try_number + 1, min(self.job.retry_policy.backoff_base, 5.0), 30.0)
                     sink.system(f"step {step.name} failed ({outcome.reason}, exit {outcome.exit_code}); "
                                 f"retry {try_number + 1}/{step.retry_count} in {delay:.1f}s")
-                    if self.done.wait(0) or _sleep_unless(lambda: bool(self.stop_reason), delay):
+                    if _sleep_unless(lambda: bool(self.stop_reason), delay):
                         break
             if outcome.succeeded:
                 continue
