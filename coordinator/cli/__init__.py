@@ -18,6 +18,7 @@ COMMANDS = {
     "runs": "coordinator.cli.runs:runs",
     "worker": "coordinator.cli.services:worker",
     "flower": "coordinator.cli.services:flower",
+    "artifacts": "coordinator.cli.artifacts:artifacts",
 }
 
 
