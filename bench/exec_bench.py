@@ -201,12 +201,13 @@ class Cluster:
         }
         self.workers: list[Process] = []
         stack.callback(self._stop_workers)
-        from coordinator.submit import submit
+        from coordinator.submit import compile_run, submit
         from shared.celery_app import create_app
         from shared.config import load_settings
         from shared.state import open_state
 
         self._submit = submit
+        self._compile = compile_run
         self.settings = load_settings(environ=self.env, config_file=os.devnull)
         self.app = create_app(self.settings)
         self.app.conf.update(self.overrides)  # task_send_sent_event is the submitter's setting
@@ -242,7 +243,9 @@ class Cluster:
     def run(self, pipeline: Path) -> RunResult:
         """Submit and block until the run-end event; fail loudly unless every job succeeded."""
         start = time.perf_counter()
-        run_id = self._submit(self.app, self.store, self.settings, pipeline, {}, None).run_id
+        run_id, result = self._compile(pipeline, {})
+        assert result.ok, result.diagnostics
+        run_id = self._submit(self.app, self.store, run_id, result.plan, pipeline, {}, None).run_id
         cursor = None
         deadline = time.monotonic() + RUN_TIMEOUT
         status = None
@@ -801,7 +804,7 @@ class CallTimer:
 
 def bench_jobcost(args: argparse.Namespace) -> bool:
     """run_job in this process (no Celery, one thread), with its calls timed."""
-    from coordinator.submit import compile_run
+    from coordinator.frontend import load_file
     from shared.state import open_state
     from shared.state.base import JobMeta
     from shared.state.redis import run_key
@@ -825,7 +828,7 @@ def bench_jobcost(args: argparse.Namespace) -> bool:
             source.mkdir(parents=True)
             (source / "pipeline.yml").write_text(text)
             run_id = f"bench-{next(counter)}"
-            plan = compile_run(source / "pipeline.yml", {}, run_id)
+            plan = load_file(source / "pipeline.yml", {}, run_id=run_id).plan
             store.create_run(run_id, plan.pipeline, {n: JobMeta() for n in plan.jobs}, plan.to_dict(),
                              {"source": str(source)})
             return run_id, list(plan.jobs)  # plan order: dependencies first in these pipelines

@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from coordinator.frontend import load_file
-from coordinator.frontend.diagnostics import PipelineError
-from shared.config import Settings
+from coordinator.frontend import LoadResult, load_file
 from shared.plan import Plan
 
 
@@ -25,21 +23,18 @@ class Submission:
     plan: Plan
 
 
-def compile_run(pipeline_file: str | Path, parameters: Mapping[str, str], run_id: str) -> Plan:
-    result = load_file(pipeline_file, parameters, run_id=run_id)
-    if not result.ok:
-        raise PipelineError(result.diagnostics)
-    return result.plan  # type: ignore[return-value]
+def compile_run(pipeline_file: str | Path, parameters: Mapping[str, str]) -> tuple[str, LoadResult]:
+    """A fresh run id and the pipeline compiled for it (`CONVEYOR_RUN_ID` is substituted)."""
+    run_id = new_run_id()
+    return run_id, load_file(pipeline_file, parameters, run_id=run_id)
 
 
-def submit(app, store, settings: Settings, pipeline_file: str | Path, parameters: Mapping[str, str],
+def submit(app, store, run_id: str, plan: Plan, pipeline_file: str | Path, parameters: Mapping[str, str],
            source: str | Path | None) -> Submission:
-    """Create the run and send its canvas; returns at once (workers carry the run)."""
+    """Record the compiled run and send its canvas; returns at once (workers carry the run)."""
     from coordinator.canvas import build_canvas
     from shared.state.base import JobMeta
 
-    run_id = new_run_id()
-    plan = compile_run(pipeline_file, parameters, run_id)
     source_dir = Path(source) if source else Path(pipeline_file).resolve().parent
     store.create_run(
         run_id,

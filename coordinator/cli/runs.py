@@ -32,14 +32,16 @@ def _store(settings):
     return open_state(settings.effective_state_url)
 
 
-def _check_pipeline(file: str, parameters: dict[str, str]) -> None:
-    from coordinator.frontend import load_file
+def _compile(file: str, parameters: dict[str, str]):
+    """Compile once, for a new run id; print every diagnostic; exit 2 when invalid."""
+    from coordinator.submit import compile_run
 
-    result = load_file(file, parameters)
+    run_id, result = compile_run(file, parameters)
     for diagnostic in result.diagnostics:
         click.echo(str(diagnostic), err=True)
     if not result.ok:
         sys.exit(2)
+    return run_id, result.plan
 
 
 def _finish(status: str) -> None:
@@ -60,7 +62,7 @@ source_option = click.option("--source", type=click.Path(file_okay=False, exists
 def run(file: str, variables: tuple[str, ...], source: str | None, executor: str | None, concurrency: int, no_live: bool) -> None:
     """Run a pipeline to the end, streaming its logs (embedded unless CONVEYOR_BROKER_URL is set)."""
     parameters = parse_vars(variables)
-    _check_pipeline(file, parameters)
+    run_id, plan = _compile(file, parameters)
     settings = _settings(executor)
     from coordinator.follow import follow
     from coordinator.submit import submit
@@ -69,7 +71,7 @@ def run(file: str, variables: tuple[str, ...], source: str | None, executor: str
     app = create_app(settings)
     store = _store(settings)
     if not settings.embedded:
-        submission = submit(app, store, settings, file, parameters, source)
+        submission = submit(app, store, run_id, plan, file, parameters, source)
         click.echo(f"run {submission.run_id} submitted", err=True)
         try:
             _finish(follow(store, submission.run_id, live=False if no_live else None))
@@ -81,7 +83,7 @@ def run(file: str, variables: tuple[str, ...], source: str | None, executor: str
 
     tasks.register(app)
     with embedded_worker(app, concurrency):
-        submission = submit(app, store, settings, file, parameters, source)
+        submission = submit(app, store, run_id, plan, file, parameters, source)
         click.echo(f"run {submission.run_id} (embedded, state in {settings.data_dir})", err=True)
         try:
             status = follow(store, submission.run_id, live=False if no_live else None)
@@ -100,15 +102,15 @@ def run(file: str, variables: tuple[str, ...], source: str | None, executor: str
 def submit(file: str, variables: tuple[str, ...], source: str | None, wait: bool) -> None:
     """Submit a run to the configured broker and print its id."""
     parameters = parse_vars(variables)
-    _check_pipeline(file, parameters)
     settings = _settings()
     if settings.embedded:
         raise click.UsageError("submit needs CONVEYOR_BROKER_URL (a Redis broker); `conveyor run` works without one")
     from coordinator.submit import submit as submit_run
     from shared.celery_app import create_app
 
+    run_id, plan = _compile(file, parameters)
     store = _store(settings)
-    submission = submit_run(create_app(settings), store, settings, file, parameters, source)
+    submission = submit_run(create_app(settings), store, run_id, plan, file, parameters, source)
     click.echo(submission.run_id)
     if wait:
         from coordinator.follow import follow
