@@ -22,7 +22,6 @@ from coordinator.status_view import (
     SUMMARY_HEADERS,
     dependencies,
     duration_text,
-    epoch,
     job_levels,
     job_seconds,
     ordered_jobs,
@@ -32,7 +31,7 @@ from coordinator.status_view import (
     text_table,
 )
 from shared.state import Event, JobRecord, LogEntry, StateStore, UnknownJob, UnknownRun
-from shared.state.base import RETRYING, RUNNING, TERMINAL
+from shared.state.base import RETRYING, RUNNING, TERMINAL, epoch_seconds
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -217,7 +216,7 @@ class DagView:
     def __init__(self, run_id: str, pipeline: str, created_at: str, plan: Mapping[str, Any]) -> None:
         self.run_id = run_id
         self.pipeline = pipeline
-        self.created = epoch(created_at) or time.time()
+        self.created = epoch_seconds(created_at) or time.time()
         self.plan = plan
         self._state: tuple[str, dict[str, JobRecord]] = (RUNNING, {})
 
@@ -429,7 +428,7 @@ class _Follower:
                 details.append(f"exit {attempt.exit_code}")
             if ev.to_status == RETRYING and attempt is not None and attempt.retry_delay is not None:
                 details.append(f"retry in {duration_text(attempt.retry_delay)}")
-        clock = datetime.fromtimestamp(epoch(ev.at) or time.time()).strftime("%H:%M:%S")
+        clock = datetime.fromtimestamp(epoch_seconds(ev.at) or time.time()).strftime("%H:%M:%S")
         text = Text(f"[{clock}] ", style="dim")
         text.append(f"{ev.job}: ")
         text.append_text(_styled(ev.to_status))
@@ -455,8 +454,8 @@ class _Follower:
         run = self.store.get_run(self.run_id)
         took = NONE
         if run is not None:
-            end = epoch(run.finished_at) or now
-            took = duration_text(end - (epoch(run.created_at) or end))
+            end = epoch_seconds(run.finished_at) or now
+            took = duration_text(end - (epoch_seconds(run.created_at) or end))
         line = Text(f"run {self.run_id}: ")
         line.append_text(_styled(self.status))
         line.append(f" in {took}" if run is not None and run.finished_at else f" after {took}")

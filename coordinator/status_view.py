@@ -7,11 +7,10 @@ Everything is read from the state store; nothing here writes.
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from typing import Any, Iterable, Mapping, Sequence
 
 from shared.state import JobRecord, StateStore, UnknownRun
-from shared.state.base import FAILED, RETRYING, RUNNING
+from shared.state.base import FAILED, RETRYING, RUNNING, epoch_seconds
 
 NONE = "-"  # what an empty cell shows, so columns never collapse
 
@@ -63,11 +62,6 @@ def ordered_jobs(store: StateStore, run_id: str) -> dict[str, JobRecord]:
 # -- time -----------------------------------------------------------------------------------
 
 
-def epoch(timestamp: str | None) -> float | None:
-    """An ISO-8601 timestamp from the store as epoch seconds."""
-    if timestamp is None:
-        return None
-    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
 def duration_text(seconds: float | None) -> str:
@@ -85,10 +79,10 @@ def duration_text(seconds: float | None) -> str:
 
 def job_seconds(job: JobRecord, now: float) -> float | None:
     """Time since the job's first attempt started, until it finished (or `now` while open)."""
-    start = epoch(job.started_at)
+    start = epoch_seconds(job.started_at)
     if start is None:
         return None
-    end = epoch(job.finished_at)
+    end = epoch_seconds(job.finished_at)
     return (end if end is not None else now) - start
 
 
@@ -97,7 +91,7 @@ def retry_in(job: JobRecord, now: float) -> float | None:
     if job.status != RETRYING or not job.attempts:
         return None
     last = job.attempts[-1]
-    ended = epoch(last.finished_at)
+    ended = epoch_seconds(last.finished_at)
     if ended is None or last.retry_delay is None:
         return None
     return max(0.0, ended + last.retry_delay - now)
@@ -206,8 +200,8 @@ def runs_json(store: StateStore, limit: int) -> list[dict[str, Any]]:
 
 
 def _run_seconds(created_at: str, finished_at: str | None, now: float) -> float:
-    end = epoch(finished_at)
-    return (end if end is not None else now) - (epoch(created_at) or now)
+    end = epoch_seconds(finished_at)
+    return (end if end is not None else now) - (epoch_seconds(created_at) or now)
 
 
 def status_text(store: StateStore, run_id: str) -> str:

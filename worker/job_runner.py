@@ -10,14 +10,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
 from shared import expressions
 from shared.plan import Job, Plan, Step
 from shared.state.base import (
-    CANCELLED, FAILED, PENDING, RETRYING, SKIPPED, SUCCESS, TERMINAL, Claim, JobRecord, RunRecord, StateStore,
+    CANCELLED, FAILED, PENDING, RETRYING, SKIPPED, SUCCESS, TERMINAL, Claim, JobRecord, RunRecord, StateStore, epoch_seconds,
 )
 from worker import workspace as workspaces
 from worker.backoff import retry_delay
@@ -68,10 +67,6 @@ def _ancestors(plan: Plan, name: str) -> list[str]:
             seen[dep] = None
             stack.extend(plan.jobs[dep].depends_on)
     return list(seen)
-
-
-def _iso_to_epoch(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def decide(plan: Plan, job: Job, records: dict[str, JobRecord], run_cancelled: bool) -> str | None:
@@ -242,7 +237,7 @@ def run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
     record = records[job_name]
     if record.status in TERMINAL:
         return {"run_id": run_id, "job": job_name, "status": record.status}
-    deadline = _iso_to_epoch(run.created_at) + plan.timeout
+    deadline = epoch_seconds(run.created_at) + plan.timeout
     if time.time() > deadline and not run.cancel_requested:
         # Nothing may outlive the pipeline timeout, not even a job whose upstream was lost.
         store.request_cancel(run_id)

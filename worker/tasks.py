@@ -42,12 +42,6 @@ def context(settings: Settings):
         return _context
 
 
-def reset_context() -> None:
-    global _context
-    with _context_lock:
-        _context = None
-
-
 def register(app: Celery) -> None:
     settings: Settings = app.conf.conveyor_settings
 

@@ -16,10 +16,10 @@ def artifacts() -> None:
               help="Re-reads of an object before it is reported corrupt (a read can fail in transit).")
 def verify(retries: int) -> None:
     """Re-hash every stored object; exit 1 when any is corrupt."""
-    from coordinator.cli.runs import _settings
+    from coordinator.cli.options import cli_settings
     from shared.artifacts import open_store
 
-    settings = _settings()
+    settings = cli_settings()
     store = open_store(settings.effective_artifacts_url, settings.s3_endpoint_url, retries=retries)
     checked = size = 0
     corrupt: list[str] = []

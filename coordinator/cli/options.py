@@ -1,6 +1,7 @@
 """Options shared by several commands."""
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import click
@@ -21,3 +22,25 @@ def parse_vars(items: tuple[str, ...]) -> dict[str, str]:
             raise click.UsageError(f"--var '{item}': expected NAME=VALUE with NAME like [A-Za-z_][A-Za-z0-9_]*")
         out[name] = value
     return out
+
+
+def cli_settings(executor: str | None = None):
+    """Settings from the environment; a configuration error is a usage error (exit 2)."""
+    from shared.config import ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if executor:
+        settings = dataclasses.replace(settings, executor=executor)
+    return settings
+
+
+def open_cli_store(settings):
+    """The state store the settings name (creating the embedded data directory)."""
+    from shared.state import open_state
+
+    if settings.embedded:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return open_state(settings.effective_state_url)

@@ -1,35 +1,14 @@
 """`conveyor run`, `submit`, `status`, `logs`, `cancel` and `runs`."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 
 import click
 
-from coordinator.cli.options import parse_vars, var_option
+from coordinator.cli.options import cli_settings, open_cli_store, parse_vars, var_option
 
 EXIT_UNKNOWN_RUN = 3
-
-
-def _settings(executor: str | None = None):
-    from shared.config import ConfigError, load_settings
-
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    if executor:
-        settings = dataclasses.replace(settings, executor=executor)
-    return settings
-
-
-def _store(settings):
-    from shared.state import open_state
-
-    if settings.embedded:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return open_state(settings.effective_state_url)
 
 
 def _compile(file: str, parameters: dict[str, str]):
@@ -63,13 +42,13 @@ def run(file: str, variables: tuple[str, ...], source: str | None, executor: str
     """Run a pipeline to the end, streaming its logs (embedded unless CONVEYOR_BROKER_URL is set)."""
     parameters = parse_vars(variables)
     run_id, plan = _compile(file, parameters)
-    settings = _settings(executor)
+    settings = cli_settings(executor)
     from coordinator.follow import follow
     from coordinator.submit import submit
     from shared.celery_app import create_app
 
     app = create_app(settings)
-    store = _store(settings)
+    store = open_cli_store(settings)
     if not settings.embedded:
         submission = submit(app, store, run_id, plan, file, parameters, source)
         click.echo(f"run {submission.run_id} submitted", err=True)
@@ -102,14 +81,14 @@ def run(file: str, variables: tuple[str, ...], source: str | None, executor: str
 def submit(file: str, variables: tuple[str, ...], source: str | None, wait: bool) -> None:
     """Submit a run to the configured broker and print its id."""
     parameters = parse_vars(variables)
-    settings = _settings()
+    settings = cli_settings()
     if settings.embedded:
         raise click.UsageError("submit needs CONVEYOR_BROKER_URL (a Redis broker); `conveyor run` works without one")
     from coordinator.submit import submit as submit_run
     from shared.celery_app import create_app
 
     run_id, plan = _compile(file, parameters)
-    store = _store(settings)
+    store = open_cli_store(settings)
     submission = submit_run(create_app(settings), store, run_id, plan, file, parameters, source)
     click.echo(submission.run_id)
     if wait:
@@ -125,7 +104,7 @@ def status(run_id: str, fmt: str) -> None:
     """Run and job states."""
     from coordinator import status_view
 
-    store = _store(_settings())
+    store = open_cli_store(cli_settings())
     if store.get_run(run_id) is None:
         click.echo(f"error: unknown run '{run_id}'", err=True)
         sys.exit(EXIT_UNKNOWN_RUN)
@@ -143,7 +122,7 @@ def logs(run_id: str, job: str | None, follow_: bool) -> None:
     """Job logs (all jobs in plan order, or one)."""
     from coordinator.follow import follow_logs
 
-    store = _store(_settings())
+    store = open_cli_store(cli_settings())
     if store.get_run(run_id) is None:
         click.echo(f"error: unknown run '{run_id}'", err=True)
         sys.exit(EXIT_UNKNOWN_RUN)
@@ -157,7 +136,7 @@ def logs(run_id: str, job: str | None, follow_: bool) -> None:
 @click.argument("run_id")
 def cancel(run_id: str) -> None:
     """Stop running jobs (within 10 s) and cancel the rest."""
-    store = _store(_settings())
+    store = open_cli_store(cli_settings())
     if store.get_run(run_id) is None:
         click.echo(f"error: unknown run '{run_id}'", err=True)
         sys.exit(EXIT_UNKNOWN_RUN)
@@ -172,7 +151,7 @@ def runs(limit: int, fmt: str) -> None:
     """Recent runs, newest first."""
     from coordinator import status_view
 
-    store = _store(_settings())
+    store = open_cli_store(cli_settings())
     if fmt == "json":
         click.echo(json.dumps(status_view.runs_json(store, limit), indent=2))
     else:

@@ -14,11 +14,11 @@ import click
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(queues: str, concurrency: int, name: str | None, metrics_port: int | None, loglevel: str) -> None:
     """A Celery worker for jobs (queue `jobs`) and deployments (queue `deploy`)."""
-    from coordinator.cli.runs import _settings
+    from coordinator.cli.options import cli_settings
     from shared.celery_app import create_app
     from worker import tasks
 
-    settings = _settings()
+    settings = cli_settings()
     if settings.embedded:
         raise click.UsageError("a worker needs CONVEYOR_BROKER_URL (e.g. redis://host:6379/0)")
     if metrics_port or settings.metrics_port:
@@ -48,10 +48,10 @@ def worker(queues: str, concurrency: int, name: str | None, metrics_port: int | 
 @click.option("--no-auth", is_flag=True, help="Run without basic auth (never on a shared network).")
 def flower(port: int, address: str, no_auth: bool) -> None:
     """Flower on the same Celery app, basic auth from CONVEYOR_FLOWER_AUTH=user:password."""
-    from coordinator.cli.runs import _settings
+    from coordinator.cli.options import cli_settings
     from shared.celery_app import create_app
 
-    settings = _settings()
+    settings = cli_settings()
     if settings.embedded:
         raise click.UsageError("Flower watches a broker: set CONVEYOR_BROKER_URL")
     args = ["flower", f"--port={port}", f"--address={address}"]

@@ -97,6 +97,13 @@ def run_outcome(failed_jobs: int, cancelled_jobs: int, cancel_requested: bool) -
     return FAILED
 
 
+def epoch_seconds(timestamp: str | None) -> float | None:
+    """The inverse of `iso_ms`, in seconds: a stored timestamp as epoch seconds."""
+    if timestamp is None:
+        return None
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
 def iso_ms(epoch_ms: int | float | None) -> str | None:
     """Epoch milliseconds as ISO-8601 UTC with milliseconds, e.g. `2024-05-01T12:00:00.123Z`."""
     if epoch_ms is None:

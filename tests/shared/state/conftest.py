@@ -2,17 +2,12 @@
 from __future__ import annotations
 
 import itertools
-import socket
-import subprocess
-import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 import redis
 
 from shared.state import JobMeta, StateStore, open_state
-from tests.services import free_port, start_redis  # noqa: F401  (re-exported for tests)
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:

@@ -10,7 +10,8 @@ import redis
 
 from shared.state import Claim, open_state
 from shared.state.redis import RUNS_KEY, TOKEN_KEY, RedisState
-from tests.shared.state.conftest import new_run, start_redis
+from tests.services import start_redis
+from tests.shared.state.conftest import new_run
 
 pytestmark = pytest.mark.slow
 

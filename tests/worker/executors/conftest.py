@@ -6,10 +6,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -28,7 +24,6 @@ from worker.executors.base import (
     StepSpec,
 )
 
-from tests.services import BUSYBOX_IMAGE  # noqa: F401,E402
 
 
 @dataclass
