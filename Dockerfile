@@ -1,8 +1,16 @@
 # The Conveyor image: CLI, worker and Flower. Build: docker build -t conveyor .
+# The base image is pulled from Docker Hub on the first build.
 FROM python:3.12-slim
+
+# PYTHONUNBUFFERED: log lines reach `docker logs` (and log shippers) as they happen.
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
 RUN apt-get update \
  && apt-get install -y --no-install-recommends git \
  && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /opt/conveyor
 COPY pyproject.toml README.md ./
 COPY coordinator coordinator
@@ -10,5 +18,13 @@ COPY worker worker
 COPY shared shared
 COPY deploy deploy
 RUN pip install --no-cache-dir .
+
+# Non-root by default (Flower, ad-hoc commands). The compose file runs workers as root
+# because they drive the host's Docker socket, which is root-equivalent anyway.
+RUN useradd --system --uid 10001 --home-dir /var/lib/conveyor --create-home conveyor
+USER conveyor
+
+# 9100: worker metrics (--metrics-port / CONVEYOR_METRICS_PORT); 5555: Flower.
+EXPOSE 9100 5555
 ENTRYPOINT ["conveyor"]
 CMD ["--help"]

@@ -7,7 +7,7 @@ Everything is read from the state store; nothing here writes.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from shared.state import JobRecord, StateStore, UnknownRun
 from shared.state.base import FAILED, RETRYING, RUNNING, epoch_seconds
@@ -138,7 +138,7 @@ def summary_row(name: str, job: JobRecord, now: float) -> list[str]:
 # -- JSON -----------------------------------------------------------------------------------
 
 
-def _job_json(job: JobRecord) -> dict[str, Any]:
+def _job_json(job: JobRecord, artifacts: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "status": job.status,
         "attempts": job.attempt,
@@ -147,7 +147,7 @@ def _job_json(job: JobRecord) -> dict[str, Any]:
         "finished_at": job.finished_at,
         "exit_code": job.exit_code,
         "reason": job.reason,
-        "artifacts": [],  # filled in once the artifact store records what each job uploaded
+        "artifacts": artifacts,
         "attempt_history": [
             {
                 "number": a.number,
@@ -163,8 +163,14 @@ def _job_json(job: JobRecord) -> dict[str, Any]:
     }
 
 
-def status_json(store: StateStore, run_id: str) -> dict[str, Any] | None:
-    """`conveyor status RUN --format json`: the run and its jobs in plan order; None if unknown."""
+def status_json(store: StateStore, run_id: str,
+                artifacts: Callable[[str], Mapping[str, list[dict[str, Any]]]] | None = None,
+                extras: Callable[[str, str], Mapping[str, Any]] | None = None) -> dict[str, Any] | None:
+    """`conveyor status RUN --format json`: the run and its jobs in plan order; None if unknown.
+
+    `artifacts(run_id)` maps job names to their artifact members (path, sha256, size);
+    `extras(run_id, job)` adds keys to a job (its `deployment` record).
+    """
     run = store.get_run(run_id)
     if run is None:
         return None
@@ -172,14 +178,23 @@ def status_json(store: StateStore, run_id: str) -> dict[str, Any] | None:
         jobs = ordered_jobs(store, run_id)
     except UnknownRun:  # expired between the two reads
         return None
+    members = artifacts(run_id) if artifacts is not None else {}
     return {
         "run_id": run.run_id,
         "pipeline": run.pipeline,
         "status": run.status,
         "created_at": run.created_at,
         "finished_at": run.finished_at,
-        "jobs": {name: _job_json(job) for name, job in jobs.items()},
+        "jobs": {name: _job_entry(run_id, name, job, members, extras) for name, job in jobs.items()},
     }
+
+
+def _job_entry(run_id: str, name: str, job: JobRecord, members: Mapping[str, list[dict[str, Any]]],
+               extras: Callable[[str, str], Mapping[str, Any]] | None) -> dict[str, Any]:
+    entry = _job_json(job, members.get(name, []))
+    if extras is not None:
+        entry.update(extras(run_id, name))
+    return entry
 
 
 def runs_json(store: StateStore, limit: int) -> list[dict[str, Any]]:

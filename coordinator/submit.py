@@ -9,12 +9,17 @@ from pathlib import Path
 from typing import Mapping
 
 from coordinator.frontend import LoadResult, load_file
+from shared.config import Settings
 from shared.plan import Plan
 
 
 def new_run_id() -> str:
     """Sortable by time, unique without coordination: 20261127-015301-3f9a1c."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + random_tokens.token_hex(3)
+
+
+class SubmitError(Exception):
+    """The run could not be submitted (its source could not be stored); nothing was recorded."""
 
 
 @dataclass(frozen=True)
@@ -30,19 +35,26 @@ def compile_run(pipeline_file: str | Path, parameters: Mapping[str, str]) -> tup
 
 
 def submit(app, store, run_id: str, plan: Plan, pipeline_file: str | Path, parameters: Mapping[str, str],
-           source: str | Path | None) -> Submission:
-    """Record the compiled run and send its canvas; returns at once (workers carry the run)."""
+           source: str | Path | None, settings: Settings | None = None) -> Submission:
+    """Record the compiled run and send its canvas; returns at once (workers carry the run).
+
+    With `settings`, the source tree is first stored as a snapshot in the artifact store, so
+    workers on any machine build exactly these files; without, workers copy it from its path
+    (one machine only).
+    """
     from coordinator.canvas import build_canvas
     from shared.state.base import JobMeta
 
-    source_dir = Path(source) if source else Path(pipeline_file).resolve().parent
+    source_dir = (Path(source) if source else Path(pipeline_file).resolve().parent).resolve()
+    snapshot = snapshot_source(settings, run_id, plan, source_dir) if settings is not None else {}
     store.create_run(
         run_id,
         plan.pipeline,
         {name: JobMeta(allow_failure=job.allow_failure) for name, job in plan.jobs.items()},
         plan.to_dict(),
         {
-            "source": str(source_dir.resolve()),
+            **snapshot,
+            "source": str(source_dir),
             "pipeline_file": str(Path(pipeline_file).resolve()),
             "timeout": plan.timeout,
             "submitted_by": _user(),
@@ -51,6 +63,42 @@ def submit(app, store, run_id: str, plan: Plan, pipeline_file: str | Path, param
     )
     build_canvas(app, plan, run_id).apply_async()
     return Submission(run_id, plan)
+
+
+def snapshot_source(settings: Settings, run_id: str, plan: Plan, source_dir: Path) -> dict[str, object]:
+    """Store `source_dir` (see shared/artifacts/source.py) and return what the run records of it."""
+    from shared.artifacts import open_store
+    from shared.artifacts.index import open_index
+    from shared.artifacts.index.base import ArtifactRecord
+    from shared.artifacts.publish import publish_manifest
+    from shared.artifacts.source import source_manifest
+
+    from shared.artifacts.base import PathError
+
+    try:
+        manifest = source_manifest(source_dir, exclude=settings.data_dir)
+    except PathError as exc:
+        raise SubmitError(f"source {source_dir}: {exc}; hint: workers rebuild the tree elsewhere, so links "
+                          "must be relative and stay inside it (or pass another --source)") from None
+    now = time.time()
+    expire_in = settings.artifacts_expire_in
+    try:
+        store = open_store(settings.effective_artifacts_url, endpoint_url=settings.s3_endpoint_url)
+        index = open_index(settings.effective_state_url)
+        try:
+            record = publish_manifest(store, index, source_dir, manifest, ArtifactRecord(
+                run_id=run_id, job="", kind="source", name="source", manifest="", size=0, files=0,
+                pipeline=plan.pipeline, created_at=now, expire_at=now + expire_in if expire_in else None,
+                last_access=now, holders=frozenset(plan.jobs),
+            ))
+        finally:
+            index.close()
+    except Exception as exc:  # S3 or Redis unreachable, bad credentials, disk full
+        raise SubmitError(f"storing the source snapshot of {source_dir} in {settings.effective_artifacts_url} "
+                          f"failed: {type(exc).__name__}: {exc}") from None
+    counters = store.counters.snapshot()
+    return {"source_manifest": record.manifest, "source_files": record.files, "source_bytes": record.size,
+            "source_uploaded_bytes": counters["bytes_uploaded"]}
 
 
 def _user() -> str:

@@ -30,7 +30,13 @@ _KEYS = {
     "metrics_port": "CONVEYOR_METRICS_PORT",
     "flower_auth": "CONVEYOR_FLOWER_AUTH",
     "lease_seconds": "CONVEYOR_LEASE_SECONDS",
+    "gc_interval": "CONVEYOR_GC_INTERVAL",
+    "artifacts_expire_in": "CONVEYOR_ARTIFACTS_EXPIRE_IN",
 }
+# Only in conveyor.toml: structured settings no environment variable can hold.
+_FILE_ONLY = {"retention"}
+# GitLab's default: artifacts without `expire_in` are kept 30 days.
+DEFAULT_ARTIFACTS_EXPIRE_IN = 30 * 86400
 
 
 class ConfigError(ValueError):
@@ -57,6 +63,9 @@ class Settings:
     metrics_port: int | None = None
     flower_auth: str | None = None
     lease_seconds: float = 30.0
+    gc_interval: float = 3600.0  # seconds between artifact collections on a worker; 0 = never
+    artifacts_expire_in: int = DEFAULT_ARTIFACTS_EXPIRE_IN  # seconds; 0 = kept until a policy says
+    retention: tuple = ()  # raw `[[retention]]` tables, parsed by shared.artifacts.retention
 
     @property
     def embedded(self) -> bool:
@@ -97,19 +106,40 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: str | P
     for key, var in _KEYS.items():
         if environ.get(var):
             values[key] = environ[var]
-    unknown = set(values) - set(_KEYS)
+    unknown = set(values) - set(_KEYS) - _FILE_ONLY
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(_KEYS)}")
     try:
         for key in ("visibility_timeout", "metrics_port"):
             if key in values:
                 values[key] = int(values[key])  # type: ignore[arg-type]
-        if "lease_seconds" in values:
-            values["lease_seconds"] = float(values["lease_seconds"])  # type: ignore[arg-type]
+        for key in ("lease_seconds", "gc_interval"):
+            if key in values:
+                values[key] = float(values[key])  # type: ignore[arg-type]
+        if "artifacts_expire_in" in values:
+            values["artifacts_expire_in"] = parse_duration(values["artifacts_expire_in"])
     except ValueError as exc:
         raise ConfigError(f"invalid number in configuration: {exc}") from None
+    if "retention" in values:
+        raw = values["retention"]
+        if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+            raise ConfigError(f"{path}: `retention` must be an array of tables ([[retention]])")
+        values["retention"] = tuple(raw)
     if "data_dir" in values:
         values["data_dir"] = Path(str(values["data_dir"])).expanduser()
     if values.get("executor") not in (None, "docker", "local"):
         raise ConfigError(f"CONVEYOR_EXECUTOR must be 'docker' or 'local', got {values['executor']!r}")
     return Settings(**values)  # type: ignore[arg-type]
+
+
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: object) -> int:
+    """`90`, `90s`, `30m`, `12h`, `7d`, `2w` as seconds."""
+    text = str(value).strip().lower()
+    if text.isdigit():
+        return int(text)
+    if len(text) > 1 and text[:-1].isdigit() and text[-1] in _DURATION:
+        return int(text[:-1]) * _DURATION[text[-1]]
+    raise ValueError(f"invalid duration {value!r} (expected e.g. 90s, 30m, 12h, 7d)")

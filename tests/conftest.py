@@ -5,7 +5,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.services import ensure_busybox_image, start_redis
+from tests.services import ensure_busybox_image, start_moto, start_redis
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +28,20 @@ def docker_client():
 @pytest.fixture(scope="session")
 def busybox_image(docker_client) -> str:
     return ensure_busybox_image(docker_client)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a moto S3 server started for this session, with dummy credentials set."""
+    try:
+        proc, port = start_moto(tmp_path_factory.mktemp("moto"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.delenv("AWS_PROFILE", raising=False)
+        yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -91,3 +91,24 @@ def ensure_busybox_image(docker_client) -> str:
         tar.stdout.close()
         assert tar.wait() == 0
     return BUSYBOX_IMAGE
+
+
+# Small parts keep the streaming tests quick and make "bounded memory" measurable; moto
+# enforces S3's 5 MiB minimum part size unless told otherwise (S3_UPLOAD_PART_MIN_SIZE).
+TEST_PART_SIZE = 256 * 1024
+
+
+def start_moto(tmp: Path, port: int | None = None, host: str = "127.0.0.1") -> tuple[subprocess.Popen, int]:
+    """A moto S3 server (the real S3 API over HTTP) on `port` (a free one by default)."""
+    exe = shutil.which("moto_server")
+    if exe is None:
+        raise RuntimeError("moto_server is not installed (pip install 'moto[server]')")
+    port = port or free_port()
+    env = dict(os.environ, S3_UPLOAD_PART_MIN_SIZE=str(TEST_PART_SIZE))
+    log = open(tmp / f"moto-{port}.log", "ab")
+    proc = subprocess.Popen([exe, "-H", host, "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()
+    if not wait_for_port(port, timeout=20, host=host):
+        proc.kill()
+        raise RuntimeError(f"moto_server did not listen on port {port} (exit code {proc.poll()})")
+    return proc, port

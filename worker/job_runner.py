@@ -18,7 +18,10 @@ from shared.plan import Job, Plan, Step
 from shared.state.base import (
     CANCELLED, FAILED, PENDING, RETRYING, SKIPPED, SUCCESS, TERMINAL, Claim, JobRecord, RunRecord, StateStore, epoch_seconds,
 )
+from shared.logformat import job_log_context
+from worker import metrics
 from worker import workspace as workspaces
+from worker.artifacts import ArtifactAccess, ArtifactFailure, archive_log, fetch_inputs, publish_outputs
 from worker.backoff import retry_delay
 from worker.executors.base import Executor, InfrastructureError, JobSpec, Limits, StepHandle, StepOutcome, StepSpec
 from worker.logs import LogSink
@@ -49,6 +52,7 @@ class WorkerContext:
     data_dir: Path
     lease_seconds: float = 30.0
     plans: dict[str, Plan] = field(default_factory=dict)  # a run's plan never changes
+    artifacts: ArtifactAccess | None = None  # None: no artifact store (sources copied from a path)
 
     def plan(self, run_id: str) -> Plan:
         if run_id not in self.plans:
@@ -225,6 +229,11 @@ def _previous_failures(record: JobRecord) -> tuple[int, int]:
 
 def run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
     """Run (or skip, or decline) one job; returns a small record for the canvas."""
+    with job_log_context(run_id, job_name):
+        return _run_job(ctx, run_id, job_name)
+
+
+def _run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
     store = ctx.store
     run = store.get_run(run_id)
     if run is None:
@@ -249,6 +258,7 @@ def run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
         reason = decide(plan, job, records, run.cancel_requested)
         if reason is not None:
             store.skip(run_id, job_name, reason)
+            metrics.job_finished(SKIPPED, reason, 0.0, started=False)
             return {"run_id": run_id, "job": job_name, "status": SKIPPED}
     claim = store.claim(run_id, job_name, ctx.worker_name, int(ctx.lease_seconds * 1000))
     if not isinstance(claim, Claim):
@@ -258,7 +268,30 @@ def run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
             raise Reschedule(ctx.lease_seconds, "another attempt holds the lease")
         status = store.get_jobs(run_id, [job_name])[job_name].status
         return {"run_id": run_id, "job": job_name, "status": status}
-    return _run_claimed(ctx, plan, job, claim, run, deadline, record)
+    _observe_wait(job, run, records, claim)
+    metrics.job_started()
+    started = time.monotonic()
+    outcome: dict = {"status": FAILED}
+    try:
+        outcome = _run_claimed(ctx, plan, job, claim, run, deadline, record)
+    except Reschedule:
+        outcome = {"status": RETRYING}
+        raise
+    finally:
+        metrics.job_finished(outcome["status"], outcome.get("reason"), time.monotonic() - started)
+    return outcome
+
+
+def _observe_wait(job: Job, run: RunRecord, records: dict[str, JobRecord], claim: Claim) -> None:
+    """Queue wait of a root job (since submission) or hop latency (since its last dependency ended)."""
+    if claim.attempt != 1:
+        return
+    now = time.time()
+    finished = [epoch_seconds(records[d].finished_at) for d in job.depends_on if records[d].finished_at]
+    if finished:
+        metrics.hop_latency(now - max(f for f in finished if f is not None))
+    else:
+        metrics.queue_wait(now - (epoch_seconds(run.created_at) or now))
 
 
 def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: RunRecord, deadline: float,
@@ -280,6 +313,7 @@ def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: Ru
     spec = JobSpec(run_id=run_id, job=job.name, workspace=workspace, worker_name=ctx.worker_name)
     failure: StepOutcome | None = None
     infra_error: Exception | None = None
+    no_retry = False  # a failure that would only repeat itself (an artifact path escaping the workspace)
     try:
         sink.system(f"attempt {claim.attempt} on {ctx.worker_name} ({ctx.executor.name} executor)")
         if missing is not None:
@@ -289,10 +323,18 @@ def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: Ru
             sink.system("deployment jobs need the deployment engine, which this version does not have yet")
             failure = StepOutcome(None, "infrastructure", 0.0)
         else:
-            source = Path(run.meta["source"]) if run.meta.get("source") else None
-            workspaces.populate(workspace, source, exclude=ctx.data_dir)
+            _prepare_workspace(ctx, plan, job, run, workspace, sink)
             ctx.executor.prepare(spec)
             failure = attempt.execute(spec, secrets, sink)
+            if failure is None and ctx.artifacts is not None and not attempt.stop_reason:
+                publish_outputs(ctx.artifacts, plan, job, run, workspace, sink)
+    except ArtifactFailure as exc:
+        sink.system(str(exc))
+        failure = StepOutcome(None, exc.reason, 0.0)
+        if exc.retryable:
+            infra_error = exc
+        else:
+            no_retry = True
     except InfrastructureError as exc:
         infra_error = exc
         sink.system(f"infrastructure error: {exc}")
@@ -318,12 +360,12 @@ def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: Ru
         failure = StepOutcome(failure.exit_code, "timeout" if attempt.stop_reason == "timeout" else "cancelled", failure.duration)
     if failure is None:
         sink.system("job succeeded")
-        sink.close()
+        _close_log(ctx, plan, job, run, sink)
         store.finish(run_id, job.name, claim.token, SUCCESS, exit_code=0)
-        return {"run_id": run_id, "job": job.name, "status": SUCCESS}
+        return {"run_id": run_id, "job": job.name, "status": SUCCESS, "reason": None}
     script_failures, infra_failures = _previous_failures(record)
-    retryable = failure.reason not in ("cancelled",) and attempt.stop_reason is None and missing is None \
-        and job.deploy is None
+    retryable = failure.reason not in ("cancelled", "integrity_error") and attempt.stop_reason is None \
+        and missing is None and job.deploy is None and not no_retry
     if retryable and failure.reason == "infrastructure" and infra_error is not None and infra_failures < INFRA_RETRIES:
         delay = retry_delay(infra_failures + 1, job.retry_policy.backoff_base, job.retry_policy.backoff_max)
     elif retryable and failure.reason != "infrastructure" and script_failures < job.retry_count:
@@ -332,13 +374,33 @@ def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: Ru
         delay = None
     if delay is not None:
         sink.system(f"job failed ({failure.reason}); retrying in {delay:.1f}s")
-        sink.close()
+        _close_log(ctx, plan, job, run, sink)
         if store.finish(run_id, job.name, claim.token, RETRYING, exit_code=failure.exit_code,
                         reason=failure.reason, retry_delay=delay):
             raise Reschedule(delay, f"retry after {failure.reason}")
         return {"run_id": run_id, "job": job.name, "status": "lost"}
     status = CANCELLED if failure.reason == "cancelled" else FAILED
     sink.system(f"job {status}: {failure.reason}" + (f" (exit code {failure.exit_code})" if failure.exit_code is not None else ""))
-    sink.close()
+    _close_log(ctx, plan, job, run, sink)
     store.finish(run_id, job.name, claim.token, status, exit_code=failure.exit_code, reason=failure.reason)
-    return {"run_id": run_id, "job": job.name, "status": status}
+    return {"run_id": run_id, "job": job.name, "status": status, "reason": failure.reason}
+
+
+def _prepare_workspace(ctx: WorkerContext, plan: Plan, job: Job, run: RunRecord, workspace: Path,
+                       sink: LogSink) -> None:
+    """A fresh workspace holding the run's source and the dependencies' artifacts."""
+    workspaces.remove(workspace)
+    if ctx.artifacts is not None:
+        if not run.meta.get("source_manifest") and run.meta.get("source"):
+            workspaces.populate(workspace, Path(run.meta["source"]), exclude=ctx.data_dir)
+        fetch_inputs(ctx.artifacts, plan, job, run, workspace, sink)
+    else:
+        source = Path(run.meta["source"]) if run.meta.get("source") else None
+        workspaces.populate(workspace, source, exclude=ctx.data_dir)
+
+
+def _close_log(ctx: WorkerContext, plan: Plan, job: Job, run: RunRecord, sink: LogSink) -> None:
+    """End the log and keep the full file in the artifact store (before the status is final)."""
+    summary = sink.close()
+    if ctx.artifacts is not None:
+        archive_log(ctx.artifacts, plan, job, run, summary.full_log)

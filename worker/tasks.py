@@ -29,10 +29,17 @@ def context(settings: Settings):
         if _context is None:
             from shared.state import open_state
             from worker.executors import select_executor
+            from worker.artifacts import ArtifactAccess
             from worker.job_runner import WorkerContext
 
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             _context = WorkerContext(
+                artifacts=ArtifactAccess(
+                    artifacts_url=settings.effective_artifacts_url,
+                    state_url=settings.effective_state_url,
+                    s3_endpoint_url=settings.s3_endpoint_url,
+                    expire_in_s=settings.artifacts_expire_in,
+                ),
                 store=open_state(settings.effective_state_url),
                 executor=select_executor(settings.executor),
                 worker_name=worker_name(settings),
@@ -44,6 +51,14 @@ def context(settings: Settings):
 
 def register(app: Celery) -> None:
     settings: Settings = app.conf.conveyor_settings
+    if not settings.embedded:
+        from celery.signals import worker_ready
+
+        @worker_ready.connect(weak=False)
+        def start_collector(**_: object) -> None:
+            from worker.artifact_gc import start_periodic_gc
+
+            start_periodic_gc(settings, worker_name(settings))
 
     @app.task(name=RUN_JOB_TASK, bind=True, max_retries=None, acks_late=True)
     def run_job(self, run_id: str, job: str) -> dict:

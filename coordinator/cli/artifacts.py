@@ -1,9 +1,32 @@
-"""`conveyor artifacts`: the content-addressed artifact store."""
+"""`conveyor artifacts`: list, fetch, verify and collect what jobs stored."""
 from __future__ import annotations
 
+import json
 import sys
+import threading
+import time
+from pathlib import Path
 
 import click
+
+EXIT_UNKNOWN_RUN = 3
+PROGRESS_MIN_BYTES = 4 * 1024 * 1024  # smaller transfers finish before a bar would help
+
+
+def _open(settings):
+    from shared.artifacts import open_store
+    from shared.artifacts.index import open_index
+
+    return (open_store(settings.effective_artifacts_url, endpoint_url=settings.s3_endpoint_url),
+            open_index(settings.effective_state_url))
+
+
+def _known_run(settings, run_id: str) -> None:
+    from coordinator.cli.options import open_cli_store
+
+    if open_cli_store(settings).get_run(run_id) is None:
+        click.echo(f"error: unknown run '{run_id}'", err=True)
+        sys.exit(EXIT_UNKNOWN_RUN)
 
 
 @click.group()
@@ -11,10 +34,101 @@ def artifacts() -> None:
     """The artifact store (CONVEYOR_ARTIFACTS_URL: file:///path or s3://bucket/prefix)."""
 
 
+@artifacts.command("ls")
+@click.argument("run_id")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--all", "show_all", is_flag=True, help="Also list the source snapshot and archived logs.")
+def list_artifacts(run_id: str, fmt: str, show_all: bool) -> None:
+    """What a run stored: one line per job artifact (and, with --all, source and logs)."""
+    from coordinator.artifact_view import record_json
+    from coordinator.cli.options import cli_settings
+    from coordinator.status_view import text_table
+    from worker.logs import human_size
+
+    settings = cli_settings()
+    _known_run(settings, run_id)
+    _, index = _open(settings)
+    records = [r for r in index.get(run_id) if show_all or r.kind == "artifact"]
+    if fmt == "json":
+        click.echo(json.dumps([record_json(r) for r in records], indent=2))
+        return
+    if not records:
+        click.echo(f"run {run_id} stored no artifacts")
+        return
+    rows = [[r.job or "-", r.kind, r.name, str(r.files), human_size(r.size),
+             record_json(r)["expire_at"] or "never", r.manifest[:12]] for r in records]
+    click.echo(text_table(["JOB", "KIND", "NAME", "FILES", "SIZE", "EXPIRES", "MANIFEST"], rows))
+
+
+@artifacts.command()
+@click.argument("run_id")
+@click.argument("job")
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Directory to write into [default: ./JOB].")
+@click.option("--log", "want_log", is_flag=True, help="Fetch the job's archived full log instead.")
+def get(run_id: str, job: str, output: str | None, want_log: bool) -> None:
+    """Download a job's artifacts (verified, paths checked) into a directory."""
+    from coordinator.cli.options import cli_settings
+    from shared.artifacts.publish import fetch_record
+    from worker.workspace import workspace_path
+
+    settings = cli_settings()
+    _known_run(settings, run_id)
+    store, index = _open(settings)
+    records = index.get(run_id, job, "log" if want_log else "artifact")
+    if not records:
+        what = "an archived log" if want_log else "artifacts"
+        click.echo(f"error: job '{job}' of run {run_id} has no {what}", err=True)
+        sys.exit(1)
+    dest = Path(output) if output else Path(workspace_path(Path("."), run_id, job).name)
+    record = records[0]
+    started = time.monotonic()
+    with _progress(store, record.size, f"{job}: {record.files} file(s)"):
+        if want_log:
+            dest.mkdir(parents=True, exist_ok=True)
+            store.get_file(record.manifest, dest / record.name, record.size)
+            index.touch(run_id, job, "log", time.time())
+        else:
+            fetch_record(store, index, record, dest)
+    click.echo(f"{record.files} file(s), {record.size} bytes of {job} -> {dest}/ "
+               f"in {time.monotonic() - started:.1f}s (sha256-verified)")
+
+
+class _progress:
+    """A rich progress bar fed by the store's byte counter, for transfers worth watching."""
+
+    def __init__(self, store, total: int, label: str):
+        self.store, self.total, self.label = store, total, label
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> "_progress":
+        if self.total >= PROGRESS_MIN_BYTES and sys.stderr.isatty():
+            self.thread = threading.Thread(target=self._show, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=2)
+
+    def _show(self) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        start = self.store.counters.snapshot()["bytes_streamed"]
+        with Progress("[bold]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      transient=True) as bar:
+            task = bar.add_task(self.label, total=self.total)
+            while not self.stop.wait(0.1):
+                bar.update(task, completed=self.store.counters.snapshot()["bytes_streamed"] - start)
+
+
 @artifacts.command()
 @click.option("--retries", type=click.IntRange(0, 10), default=1, show_default=True,
               help="Re-reads of an object before it is reported corrupt (a read can fail in transit).")
-def verify(retries: int) -> None:
+@click.option("--delete-corrupt", is_flag=True,
+              help="Delete corrupt objects, so the next upload of that content stores it afresh.")
+def verify(retries: int, delete_corrupt: bool) -> None:
     """Re-hash every stored object; exit 1 when any is corrupt."""
     from coordinator.cli.options import cli_settings
     from shared.artifacts import open_store
@@ -29,6 +143,38 @@ def verify(retries: int) -> None:
         if not store.verify(info.digest):
             corrupt.append(info.digest)
             click.echo(f"corrupt: {info.digest} ({info.size} bytes): its content no longer hashes to its name", err=True)
+            if delete_corrupt:
+                store.delete(info.digest)
+                click.echo(f"deleted: {info.digest}", err=True)
     click.echo(f"verified {checked} object(s), {size} bytes in {settings.effective_artifacts_url}: "
                f"{len(corrupt)} corrupt")
     sys.exit(1 if corrupt else 0)
+
+
+@artifacts.command()
+@click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@click.option("-v", "--verbose", is_flag=True, help="Print every decision, not only deletions.")
+def gc(dry_run: bool, verbose: bool) -> None:
+    """Delete expired artifact records and the objects no record references.
+
+    Records held by jobs that have not finished (they will download them) are never deleted.
+    Policies come from `[[retention]]` in conveyor.toml; see docs/artifacts.md.
+    """
+    from coordinator.cli.options import cli_settings, open_cli_store
+    from shared.artifacts.gc import collect, held_by_pending_jobs
+    from shared.artifacts.retention import parse_policies
+
+    settings = cli_settings()
+    try:
+        policies = parse_policies(list(settings.retention), "conveyor.toml")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    store, index = _open(settings)
+    report = collect(store, index, policies, held_by_pending_jobs(open_cli_store(settings)), dry_run=dry_run)
+    if report.skipped:
+        click.echo("another collection is running (lock artifacts-gc held); nothing done", err=True)
+        return
+    for line in report.decisions:
+        if verbose or not line.startswith("keep"):
+            click.echo(line)
+    click.echo(report.summary())

@@ -23,6 +23,16 @@ def _compile(file: str, parameters: dict[str, str]):
     return run_id, result.plan
 
 
+def _submit(submit_fn, *args):
+    """Submit, turning a failure to store the source into a one-line error (exit 1)."""
+    from coordinator.submit import SubmitError
+
+    try:
+        return submit_fn(*args)
+    except SubmitError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _finish(status: str) -> None:
     sys.exit(0 if status == "success" else 1)
 
@@ -50,7 +60,7 @@ def run(file: str, variables: tuple[str, ...], source: str | None, executor: str
     app = create_app(settings)
     store = open_cli_store(settings)
     if not settings.embedded:
-        submission = submit(app, store, run_id, plan, file, parameters, source)
+        submission = _submit(submit, app, store, run_id, plan, file, parameters, source, settings)
         click.echo(f"run {submission.run_id} submitted", err=True)
         try:
             _finish(follow(store, submission.run_id, live=False if no_live else None))
@@ -62,7 +72,7 @@ def run(file: str, variables: tuple[str, ...], source: str | None, executor: str
 
     tasks.register(app)
     with embedded_worker(app, concurrency):
-        submission = submit(app, store, run_id, plan, file, parameters, source)
+        submission = _submit(submit, app, store, run_id, plan, file, parameters, source, settings)
         click.echo(f"run {submission.run_id} (embedded, state in {settings.data_dir})", err=True)
         try:
             status = follow(store, submission.run_id, live=False if no_live else None)
@@ -89,7 +99,7 @@ def submit(file: str, variables: tuple[str, ...], source: str | None, wait: bool
 
     run_id, plan = _compile(file, parameters)
     store = open_cli_store(settings)
-    submission = submit_run(create_app(settings), store, run_id, plan, file, parameters, source)
+    submission = _submit(submit_run, create_app(settings), store, run_id, plan, file, parameters, source, settings)
     click.echo(submission.run_id)
     if wait:
         from coordinator.follow import follow
@@ -104,12 +114,20 @@ def status(run_id: str, fmt: str) -> None:
     """Run and job states."""
     from coordinator import status_view
 
-    store = open_cli_store(cli_settings())
+    settings = cli_settings()
+    store = open_cli_store(settings)
     if store.get_run(run_id) is None:
         click.echo(f"error: unknown run '{run_id}'", err=True)
         sys.exit(EXIT_UNKNOWN_RUN)
     if fmt == "json":
-        click.echo(json.dumps(status_view.status_json(store, run_id), indent=2))
+        from coordinator.artifact_view import members_by_job
+        from shared.artifacts import open_store
+        from shared.artifacts.index import open_index
+
+        artifact_store = open_store(settings.effective_artifacts_url, endpoint_url=settings.s3_endpoint_url)
+        index = open_index(settings.effective_state_url)
+        view = status_view.status_json(store, run_id, artifacts=members_by_job(artifact_store, index))
+        click.echo(json.dumps(view, indent=2))
     else:
         click.echo(status_view.status_text(store, run_id))
 

@@ -75,6 +75,7 @@ class TransferCounters:
     objects_uploaded: int = 0
     dedup_hits: int = 0
     bytes_downloaded: int = 0
+    bytes_streamed: int = 0  # downloaded bytes as they arrive, for progress bars; the rest count per object
     objects_downloaded: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -234,6 +235,7 @@ class BaseStore:
                 for chunk in self._read_chunks(digest):
                     sha.update(chunk)
                     received += len(chunk)
+                    self.counters.add(bytes_streamed=len(chunk))
                     out.write(chunk)
             actual = sha.hexdigest()
             if actual != digest or (size is not None and received != size):

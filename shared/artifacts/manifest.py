@@ -186,7 +186,28 @@ def build_manifest(root: Path, globs: Sequence[str], workers: int = DEFAULT_WORK
         for match in _glob(root, pattern):
             for member in _expand(match):
                 found.setdefault(PurePosixPath(member.relative_to(root)).as_posix(), member)
+    return _manifest_of(found, real_root, workers)
 
+
+def build_manifest_of_paths(root: Path, paths: Iterable[str], workers: int = DEFAULT_WORKERS) -> Manifest:
+    """The manifest of exactly `paths` (relative, e.g. the files git tracks), no globbing.
+
+    Paths that no longer exist are left out (a tracked file deleted in the working tree);
+    the same path rules as `build_manifest` apply to every member.
+    """
+    root = Path(root)
+    real_root = os.path.realpath(root)
+    if not os.path.isdir(real_root):
+        raise FileNotFoundError(f"source root {root} is not a directory")
+    found: dict[str, Path] = {}
+    for rel in paths:
+        check_member_path(rel)
+        if os.path.lexists(root / rel):
+            found.setdefault(rel, root / rel)
+    return _manifest_of(found, real_root, workers)
+
+
+def _manifest_of(found: dict[str, Path], real_root: str, workers: int) -> Manifest:
     files: list[tuple[str, Path, int]] = []
     links: list[ManifestEntry] = []
     for rel, member in sorted(found.items()):

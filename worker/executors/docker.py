@@ -39,6 +39,7 @@ from worker.executors.base import (
     resolve_working_directory,
 )
 from worker.executors.scripts import SHELL, script_name, write_script
+from worker import metrics
 
 WORKSPACE_MOUNT = "/workspace"
 SCRIPTS_MOUNT = "/conveyor/scripts"
@@ -85,13 +86,21 @@ def connect(timeout: float = DEFAULT_ENGINE_TIMEOUT) -> docker.DockerClient:
 
 @contextmanager
 def _engine(action: str) -> Iterator[None]:
-    """Turn engine failures into InfrastructureError; NotFound passes for callers to judge."""
+    """Turn engine failures into InfrastructureError; NotFound passes for callers to judge.
+
+    Every call is also counted (`conveyor_container_operations_total{op,outcome}`), `op`
+    being the action's verb (create, start, stop, remove, ...).
+    """
+    op = action.split()[0]
     try:
         yield
     except docker.errors.NotFound:
+        metrics.container_op(op, "not_found")
         raise
     except _ENGINE_DOWN as exc:
+        metrics.container_op(op, "error")
         raise InfrastructureError(f"docker engine failed to {action}: {exc}") from exc
+    metrics.container_op(op, "ok")
 
 
 def _slug(text: str, limit: int = 40) -> str:

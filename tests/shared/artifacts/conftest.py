@@ -2,49 +2,17 @@
 bucket of its own in a session-wide `moto_server` (fails, never skips, when it cannot start)."""
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from shared.artifacts import open_store
 from shared.artifacts.filesystem import FilesystemStore
 from shared.artifacts.s3 import S3Store, make_client
-from tests.services import free_port, wait_for_port
+from tests.services import TEST_PART_SIZE
 
-# Small parts keep the streaming tests quick and make "bounded memory" measurable; moto
-# enforces S3's 5 MiB minimum part size unless told otherwise (S3_UPLOAD_PART_MIN_SIZE).
-TEST_PART_SIZE = 256 * 1024
 FAST_RETRY = {"retries": 2, "backoff": 0.001}
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The URL of a moto S3 server started for this session, with dummy credentials set."""
-    exe = shutil.which("moto_server")
-    if exe is None:
-        pytest.fail("moto_server is not installed (pip install 'moto[server]')")
-    port = free_port()
-    env = dict(os.environ, S3_UPLOAD_PART_MIN_SIZE=str(TEST_PART_SIZE))
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            env=env)
-    if not wait_for_port(port, timeout=20):
-        proc.kill()
-        pytest.fail(f"moto_server did not listen on port {port} (exit code {proc.poll()})")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.delenv("AWS_PROFILE", raising=False)
-        yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
 
 
 @pytest.fixture

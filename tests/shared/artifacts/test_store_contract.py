@@ -50,7 +50,8 @@ def test_file_round_trip_hashes_while_streaming(store, tmp_path):
     assert (tmp_path / "out.bin").read_bytes() == data
     assert store.verify(info.digest)
     assert store.counters.snapshot() == {"bytes_uploaded": len(data), "objects_uploaded": 1, "dedup_hits": 0,
-                                         "bytes_downloaded": len(data), "objects_downloaded": 1}
+                                         "bytes_downloaded": len(data), "objects_downloaded": 1,
+                                             "bytes_streamed": len(data)}
 
 
 def test_empty_object(store, tmp_path):
