@@ -133,8 +133,11 @@ def verify(retries: int, delete_corrupt: bool) -> None:
     from coordinator.cli.options import cli_settings
     from shared.artifacts import open_store
 
+    from shared.artifacts.index import open_index
+
     settings = cli_settings()
     store = open_store(settings.effective_artifacts_url, settings.s3_endpoint_url, retries=retries)
+    index = open_index(settings.effective_state_url) if delete_corrupt else None
     checked = size = 0
     corrupt: list[str] = []
     for info in store.iter_objects():
@@ -145,6 +148,7 @@ def verify(retries: int, delete_corrupt: bool) -> None:
             click.echo(f"corrupt: {info.digest} ({info.size} bytes): its content no longer hashes to its name", err=True)
             if delete_corrupt:
                 store.delete(info.digest)
+                index.forget(info.digest)  # type: ignore[union-attr]
                 click.echo(f"deleted: {info.digest}", err=True)
     click.echo(f"verified {checked} object(s), {size} bytes in {settings.effective_artifacts_url}: "
                f"{len(corrupt)} corrupt")

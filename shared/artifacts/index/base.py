@@ -74,6 +74,11 @@ class ArtifactIndex(Protocol):
         disappear, so the uploader skips it without asking the store."""
         ...
 
+    def forget(self, digest: str) -> None:
+        """Clear an object's present mark: it was found corrupt or missing and deleted, so the
+        next upload of that content must store it again."""
+        ...
+
     def digests(self, run_id: str, job: str, kind: str) -> set[str]:
         """The digests a record references (empty for an unknown record)."""
         ...

@@ -135,6 +135,9 @@ class RedisArtifactIndex:
         if not self._scripts["complete"](keys=[record_key(run_id, job, kind), *marks]):
             raise UnknownRecord(run_id, job, kind)
 
+    def forget(self, digest: str) -> None:
+        self.client.delete(present_key(check_digest(digest)))
+
     def present(self, digests: Sequence[str]) -> set[str]:
         wanted = list(dict.fromkeys(check_digest(d) for d in digests))
         if not wanted:

@@ -178,6 +178,11 @@ class SQLiteArtifactIndex:
             db.execute("INSERT OR IGNORE INTO artifact_present (digest) SELECT digest FROM artifact_record_digests"
                        f" WHERE {_KEY_WHERE}", (run_id, job, kind))
 
+    def forget(self, digest: str) -> None:
+        check_digest(digest)
+        with self._tx() as db:
+            db.execute("DELETE FROM artifact_present WHERE digest = ?", (digest,))
+
     def present(self, digests: Sequence[str]) -> set[str]:
         wanted = list(dict.fromkeys(check_digest(d) for d in digests))
         db = self._conn()

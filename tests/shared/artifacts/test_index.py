@@ -334,3 +334,5 @@ def test_present_marks_follow_completion_and_collection(index):
     assert index.present([sha("a")]) == {sha("a")}  # still in the store until collected
     assert index.begin_delete(sha("a"))
     assert index.present([sha("a"), sha("m")]) == {sha("m")}
+    index.forget(sha("m"))  # found corrupt and deleted by `verify --delete-corrupt`
+    assert index.present([sha("m")]) == set()
