@@ -94,8 +94,8 @@ def _classify(action: str, exc: BaseException) -> ArtifactFailure:
     if isinstance(exc, IntegrityError):
         return ArtifactFailure("integrity_error", f"{action}: integrity check failed: {exc}", retryable=False)
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ArtifactFailure("infrastructure", f"{action}: no space left on device ({exc.filename or ''})",
-                               retryable=True)
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return ArtifactFailure("infrastructure", f"{action}: no space left on device{where}", retryable=True)
     return ArtifactFailure("infrastructure", f"{action}: {type(exc).__name__}: {exc}", retryable=True)
 
 

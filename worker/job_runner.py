@@ -268,6 +268,12 @@ def _run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
             raise Reschedule(ctx.lease_seconds, "another attempt holds the lease")
         status = store.get_jobs(run_id, [job_name])[job_name].status
         return {"run_id": run_id, "job": job_name, "status": status}
+    if job.deploy is not None:
+        # A deployment is a state machine advanced by ticks on the deploy queue; this task
+        # only starts it (dependents wait for the job to be terminal in the state store).
+        from worker.deploy_tasks import start_deployment
+
+        return start_deployment(ctx, plan, job, claim, run)
     _observe_wait(job, run, records, claim)
     metrics.job_started()
     started = time.monotonic()
@@ -310,6 +316,21 @@ def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: Ru
     attempt = Attempt(ctx, plan, job, claim, run_id, deadline)
     heart = threading.Thread(target=attempt.heartbeat_loop, name=f"heartbeat-{job.name}", daemon=True)
     heart.start()
+    # The lease is kept until the outcome is written: uploading artifacts and the log, or
+    # removing containers from a struggling engine, can outlast it, and an expired lease
+    # would hand the job to another worker and throw this attempt's result away.
+    try:
+        return _run_attempt(ctx, plan, job, claim, run, record, attempt, sink, secrets, missing, workspace)
+    finally:
+        attempt.done.set()
+        heart.join(timeout=5)
+
+
+def _run_attempt(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: RunRecord, record: JobRecord,
+                 attempt: Attempt, sink: LogSink, secrets: dict[str, str], missing: MissingSecret | None,
+                 workspace: Path) -> dict:
+    run_id = run.run_id
+    store = ctx.store
     spec = JobSpec(run_id=run_id, job=job.name, workspace=workspace, worker_name=ctx.worker_name)
     failure: StepOutcome | None = None
     infra_error: Exception | None = None
@@ -318,9 +339,6 @@ def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: Ru
         sink.system(f"attempt {claim.attempt} on {ctx.worker_name} ({ctx.executor.name} executor)")
         if missing is not None:
             sink.system(str(missing))
-            failure = StepOutcome(None, "infrastructure", 0.0)
-        elif job.deploy is not None:
-            sink.system("deployment jobs need the deployment engine, which this version does not have yet")
             failure = StepOutcome(None, "infrastructure", 0.0)
         else:
             _prepare_workspace(ctx, plan, job, run, workspace, sink)
@@ -345,8 +363,6 @@ def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: Ru
         failure = StepOutcome(None, "infrastructure", 0.0)
         infra_error = exc
     finally:
-        attempt.done.set()
-        heart.join(timeout=5)
         try:
             ctx.executor.cleanup(spec)
         except Exception as exc:
@@ -365,7 +381,7 @@ def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: Ru
         return {"run_id": run_id, "job": job.name, "status": SUCCESS, "reason": None}
     script_failures, infra_failures = _previous_failures(record)
     retryable = failure.reason not in ("cancelled", "integrity_error") and attempt.stop_reason is None \
-        and missing is None and job.deploy is None and not no_retry
+        and missing is None and not no_retry
     if retryable and failure.reason == "infrastructure" and infra_error is not None and infra_failures < INFRA_RETRIES:
         delay = retry_delay(infra_failures + 1, job.retry_policy.backoff_base, job.retry_policy.backoff_max)
     elif retryable and failure.reason != "infrastructure" and script_failures < job.retry_count:

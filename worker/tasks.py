@@ -68,3 +68,7 @@ def register(app: Celery) -> None:
             return run(context(settings), run_id, job)
         except Reschedule as again:
             raise self.retry(countdown=again.countdown, max_retries=None)
+
+    from worker import deploy_tasks
+
+    deploy_tasks.register(app, settings)

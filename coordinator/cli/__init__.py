@@ -19,6 +19,10 @@ COMMANDS = {
     "worker": "coordinator.cli.services:worker",
     "flower": "coordinator.cli.services:flower",
     "artifacts": "coordinator.cli.artifacts:artifacts",
+    "approve": "coordinator.cli.deployments:approve",
+    "reject": "coordinator.cli.deployments:reject",
+    "abort": "coordinator.cli.deployments:abort",
+    "rollback": "coordinator.cli.deployments:rollback",
 }
 
 

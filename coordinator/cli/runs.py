@@ -126,7 +126,10 @@ def status(run_id: str, fmt: str) -> None:
 
         artifact_store = open_store(settings.effective_artifacts_url, endpoint_url=settings.s3_endpoint_url)
         index = open_index(settings.effective_state_url)
-        view = status_view.status_json(store, run_id, artifacts=members_by_job(artifact_store, index))
+        from deploy.view import deployment_extras
+
+        view = status_view.status_json(store, run_id, artifacts=members_by_job(artifact_store, index),
+                                       extras=deployment_extras(store))
         click.echo(json.dumps(view, indent=2))
     else:
         click.echo(status_view.status_text(store, run_id))

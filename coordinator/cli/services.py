@@ -63,6 +63,11 @@ def worker(queues: str, concurrency: int, name: str | None, metrics_port: int | 
             raise click.ClickException(f"cannot serve metrics on {metrics_address}:{port}: {exc}") from None
         click.echo(f"metrics on http://{metrics_address}:{server.server_port}/metrics", err=True)
     metrics.worker_info(hostname, executor.name)
+    from worker.reaper import start_reaper
+
+    # Re-queues a dead worker's job about one lease after it died, not after the broker's
+    # 2 h visibility timeout (docs/operations.md, "Lost-job recovery").
+    start_reaper(app, settings)
     # Threads: a job task mostly waits on a container or process, so threads keep RSS low
     # and let one worker supervise many jobs.
     argv = [

@@ -134,7 +134,7 @@ class ObjectStore(Protocol):
     counters: TransferCounters
 
     def has(self, digest: str) -> bool: ...
-    def put_file(self, path: Path, digest: str | None = None) -> ObjectInfo: ...
+    def put_file(self, path: Path, digest: str | None = None, probe: bool = True) -> ObjectInfo: ...
     def get_file(self, digest: str, dest: Path, size: int | None = None) -> None: ...
     def put_bytes(self, data: bytes) -> ObjectInfo: ...
     def get_bytes(self, digest: str) -> bytes: ...
@@ -151,6 +151,10 @@ class BaseStore:
     goes, and make the object visible only if hash and size match `expected`; raise
     `IntegrityError` otherwise) and `_write_bytes(info, data)`.
     """
+
+    # Largest object a backend writes in one step that refuses to replace an existing one
+    # (a hard link; a PUT with If-None-Match), so writing it without asking first is safe.
+    blind_write_max = 0
 
     def __init__(self, retries: int = DEFAULT_RETRIES, backoff: float = DEFAULT_BACKOFF_S) -> None:
         self.counters = TransferCounters()
@@ -185,19 +189,22 @@ class BaseStore:
                     raise
                 time.sleep(self.backoff * (2 ** attempt))
 
-    def put_file(self, path: Path, digest: str | None = None) -> ObjectInfo:
+    def put_file(self, path: Path, digest: str | None = None, probe: bool = True) -> ObjectInfo:
         """Store a file's bytes; a no-op (a dedup hit) when the store already has them.
 
         Without `digest` the file is hashed first, so an existing object costs one local read
         and no transfer. The upload re-hashes what it sends and only commits on a match, so a
         file changing under us never becomes a visible, wrongly named object.
+        `probe=False` skips the existence check for objects up to `blind_write_max` bytes,
+        which the backend writes in one step that refuses to replace an existing object: for
+        callers that know the object is almost surely new (the index does not know it).
         """
         path = Path(path)
         if digest is None:
             expected = hash_file(path)
         else:
             expected = ObjectInfo(check_digest(digest), os.stat(path).st_size)
-        if self.has(expected.digest):
+        if (probe or expected.size > self.blind_write_max) and self.has(expected.digest):
             self.counters.add(dedup_hits=1)
             return expected
         self._with_retries(self._put_once, path, expected)

@@ -43,7 +43,8 @@ def publish_manifest(store: ObjectStore, index: ArtifactIndex, root: Path, manif
     known = index.present(digests)
     missing = [e for d, e in unique.items() if d not in known]
     store.counters.add(dedup_hits=len(unique) - len(missing))
-    _parallel(lambda e: store.put_file(root / e.path, e.sha256), missing, workers)
+    # Not known to the index: almost always new, so small ones skip the existence probe.
+    _parallel(lambda e: store.put_file(root / e.path, e.sha256, probe=False), missing, workers)
     if manifest_info.digest in known:
         store.counters.add(dedup_hits=1)
     else:

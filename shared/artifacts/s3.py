@@ -50,6 +50,7 @@ class S3Store(BaseStore):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.part_size = part_size
+        self.blind_write_max = part_size  # one PUT with If-None-Match: *
         self.client = client if client is not None else make_client(endpoint_url)
 
     def __repr__(self) -> str:

@@ -315,6 +315,8 @@ class DockerExecutor:
             oom_killed = bool(state.get("OOMKilled"))
         except docker.errors.NotFound:
             pass  # removed by a concurrent cleanup; the wait result is all there is
+        if exit_code in (137, 143) and handle.kill_reason is None and not oom_killed:
+            self._raise_if_killed_from_outside(handle, container_id)
         with handle.lock:
             handle.finished.set()
             if handle.outcome is None:
@@ -324,6 +326,21 @@ class DockerExecutor:
                     time.monotonic() - handle.started,
                 )
             return handle.outcome
+
+    def _raise_if_killed_from_outside(self, handle: DockerStepHandle, container_id: str) -> None:
+        """A SIGTERM/SIGKILL exit we did not ask for: if the engine sent it (it stops every
+        container when it shuts down; `docker stop` by an operator looks the same), the step
+        did not fail, its machine did: raise InfrastructureError so the job is retried."""
+        since = time.time() - (time.monotonic() - handle.started) - 1
+        try:
+            events = self._api.events(since=since, until=time.time() + 0.5, decode=True,
+                                      filters={"container": container_id, "event": "kill"})
+            killed = next(iter(events), None) is not None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise InfrastructureError(f"the step's container was stopped and the engine stopped answering: {exc}") from exc
+        if killed:
+            raise InfrastructureError("the step's container was stopped by the Docker engine "
+                                      "(engine shutdown or `docker stop`), not by its script")
 
     def _wait_exit(self, container_id: str, timeout: float | None) -> dict[str, Any] | None:
         """The engine's wait result, or None when ``timeout`` passed first."""

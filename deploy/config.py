@@ -1,0 +1,259 @@
+"""A deployment's configuration: the job's `deploy:` section joined with its environment, defaults applied.
+
+The schema (coordinator/frontend/schema.py) has already checked types and ranges; this
+module turns the plain mappings into typed values and checks the combinations only a
+deployment can judge (a canary needs a free address, rolling needs surge or unavailability).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """The deployment cannot run as configured (reported as the job's failure)."""
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    type: str
+    admin: str  # unix:///path or tcp://host:port
+    backend: str
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    type: str  # command | docker
+    start: str | None = None
+    stop: str | None = None
+    image: str | None = None
+    port: int | None = None
+    docker_host: str | None = None
+    network: str = "bridge"  # docker: bridge (publish `port` on the address) | host ($PORT = the address's port)
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    type: str = "tcp"
+    path: str = "/"
+    command: str | None = None
+    interval: float = 2.0
+    timeout: float = 1.0
+    # Kubernetes' readiness defaults: one pass to be ready, three failures to be unhealthy.
+    success_threshold: int = 1
+    failure_threshold: int = 3
+
+
+@dataclass(frozen=True)
+class Slot:
+    """An address an instance can run on, and the router server name that points at it."""
+
+    name: str
+    address: str
+    kind: str  # instance | spare
+
+
+@dataclass(frozen=True)
+class RollingConfig:
+    batch_size: int = 1
+    max_unavailable: int = 0
+    max_surge: int = 1
+    drain_timeout: float = 30.0
+    progress_deadline: float = 600.0
+
+
+@dataclass(frozen=True)
+class BlueGreenConfig:
+    auto_promote: bool = True
+    promote_after: float = 0.0
+    pre_promotion_analysis: bool = False
+    keep_old_for: float = 300.0
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    interval: float = 5.0
+    min_requests: int = 20
+    max_error_rate: float = 0.01
+    max_p99_ms: float = 500.0
+    failure_limit: int = 2
+
+
+@dataclass(frozen=True)
+class Gate:
+    """An approval gate; `timeout` None waits for ever."""
+
+    name: str
+    timeout: float | None = None
+    on_timeout: str = "abort"  # abort | promote
+
+
+@dataclass(frozen=True)
+class CanaryStep:
+    kind: str  # set_weight | pause | gate
+    weight: int = 0
+    seconds: float = 0.0
+    gate: Gate | None = None
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    steps: tuple[CanaryStep, ...] = ()
+    analysis: AnalysisConfig | None = None
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """Everything one deployment job needs, resolved."""
+
+    environment: str
+    version: str
+    strategy: str
+    router: RouterConfig
+    provider: ProviderConfig
+    instances: tuple[Slot, ...]
+    spare: tuple[Slot, ...]
+    health: HealthConfig
+    rolling: RollingConfig = field(default_factory=RollingConfig)
+    blue_green: BlueGreenConfig = field(default_factory=BlueGreenConfig)
+    canary: CanaryConfig = field(default_factory=CanaryConfig)
+    rollback_on_failure: bool = True
+
+    @property
+    def slots(self) -> tuple[Slot, ...]:
+        return self.instances + self.spare
+
+    @property
+    def env_key(self) -> str:
+        """Identity of the environment's live traffic: the router backend, not the YAML name.
+
+        Two pipelines that name the same HAProxy backend differently still share it.
+        """
+        return hashlib.sha1(f"{self.router.admin}|{self.router.backend}".encode()).hexdigest()[:16]
+
+    @property
+    def analysis(self) -> AnalysisConfig:
+        """Thresholds for canary analysis and blue-green pre-promotion analysis."""
+        return self.canary.analysis or AnalysisConfig()
+
+    def gates(self) -> list[str]:
+        """Names `conveyor approve` accepts for this job."""
+        names = [step.gate.name for step in self.canary.steps if step.gate is not None] if self.strategy == "canary" else []
+        if self.strategy == "blue_green" and not self.blue_green.auto_promote:
+            names.append(PROMOTE_GATE)
+        return names
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PROMOTE_GATE = "promote"
+SPARE_PREFIX = "spare"
+
+
+def _take(data: Mapping[str, Any] | None, cls: type, **rename: str) -> Any:
+    values = {rename.get(k, k): v for k, v in dict(data or {}).items() if rename.get(k, k) in cls.__dataclass_fields__}
+    return cls(**values)
+
+
+def _canary_steps(raw: Any) -> tuple[CanaryStep, ...]:
+    steps = []
+    for index, item in enumerate(raw or ()):
+        if "set_weight" in item:
+            steps.append(CanaryStep("set_weight", weight=int(item["set_weight"])))
+        elif "pause" in item:
+            pause = item["pause"]
+            if isinstance(pause, Mapping):
+                # `pause: {}` waits for a human, like Argo's indefinite pause; its gate is named by position.
+                steps.append(CanaryStep("gate", gate=Gate(f"pause-{index + 1}")))
+            else:
+                steps.append(CanaryStep("pause", seconds=float(pause)))
+        elif "approval" in item:
+            gate = item["approval"]
+            timeout = gate.get("timeout")
+            steps.append(CanaryStep("gate", gate=Gate(str(gate["name"]), float(timeout) if timeout else None,
+                                                      str(gate.get("on_timeout", "abort")))))
+    return tuple(steps)
+
+
+def load_config(deploy: Mapping[str, Any], environments: Mapping[str, Any]) -> DeployConfig:
+    """The typed configuration of a job's `deploy:` section; ConfigError when it cannot run."""
+    env_name = str(deploy["environment"])
+    env = environments.get(env_name)
+    if env is None:
+        raise ConfigError(f"unknown environment {env_name!r}")
+    router = _take(env["router"], RouterConfig)
+    provider = _take(env["provider"], ProviderConfig)
+    instances = tuple(Slot(str(i["name"]), str(i["address"]), "instance") for i in env["instances"])
+    spare = tuple(Slot(f"{SPARE_PREFIX}{n + 1}", str(a), "spare") for n, a in enumerate(env.get("spare") or ()))
+    health = _take(env.get("health_check"), HealthConfig)
+    canary_raw = deploy.get("canary") or {}
+    analysis = _take(canary_raw["analysis"], AnalysisConfig) if canary_raw.get("analysis") is not None else None
+    config = DeployConfig(
+        environment=env_name,
+        version=str(deploy["version"]),
+        strategy=str(deploy["strategy"]),
+        router=router,
+        provider=provider,
+        instances=instances,
+        spare=spare,
+        health=health,
+        rolling=_take(deploy.get("rolling"), RollingConfig),
+        blue_green=_take(deploy.get("blue_green"), BlueGreenConfig),
+        canary=CanaryConfig(_canary_steps(canary_raw.get("steps")), analysis),
+        rollback_on_failure=bool(deploy.get("rollback_on_failure", True)),
+    )
+    check(config)
+    return config
+
+
+def check(config: DeployConfig) -> None:
+    """Combinations the schema cannot see."""
+    names = [slot.name for slot in config.slots]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"instance names collide with spare slot names ({SPARE_PREFIX}N): {names}")
+    addresses = [slot.address for slot in config.slots]
+    if len(set(addresses)) != len(addresses):
+        raise ConfigError("an address is listed twice among instances and spare")
+    if config.provider.type == "command" and not config.provider.start:
+        raise ConfigError("provider 'command' needs a 'start' command")
+    if config.provider.type == "docker" and (not config.provider.image or not config.provider.port):
+        raise ConfigError("provider 'docker' needs 'image' and 'port'")
+    if config.health.type == "command" and not config.health.command:
+        raise ConfigError("health_check type 'command' needs a 'command'")
+    if config.strategy == "rolling":
+        r = config.rolling
+        if r.max_surge == 0 and r.max_unavailable == 0:
+            raise ConfigError("rolling needs max_surge >= 1 or max_unavailable >= 1, or it can never replace an instance")
+    if config.strategy == "blue_green" and len(config.spare) < len(config.instances):
+        raise ConfigError(f"blue_green needs as many spare addresses as instances ({len(config.instances)}), "
+                          f"got {len(config.spare)}")
+    if config.strategy == "canary":
+        if not config.spare:
+            raise ConfigError("canary needs a spare address for the canary instance")
+        if not config.canary.steps:
+            raise ConfigError("canary needs at least one step")
+
+
+def config_from_dict(data: Mapping[str, Any]) -> DeployConfig:
+    """The inverse of DeployConfig.to_dict (a persisted record carries its config)."""
+    canary = data["canary"]
+    steps = tuple(
+        CanaryStep(s["kind"], s["weight"], s["seconds"], Gate(**s["gate"]) if s.get("gate") else None)
+        for s in canary["steps"]
+    )
+    return DeployConfig(
+        environment=data["environment"],
+        version=data["version"],
+        strategy=data["strategy"],
+        router=RouterConfig(**data["router"]),
+        provider=ProviderConfig(**data["provider"]),
+        instances=tuple(Slot(**s) for s in data["instances"]),
+        spare=tuple(Slot(**s) for s in data["spare"]),
+        health=HealthConfig(**data["health"]),
+        rolling=RollingConfig(**data["rolling"]),
+        blue_green=BlueGreenConfig(**data["blue_green"]),
+        canary=CanaryConfig(steps, AnalysisConfig(**canary["analysis"]) if canary.get("analysis") else None),
+        rollback_on_failure=data["rollback_on_failure"],
+    )

@@ -1,0 +1,79 @@
+"""The `deployment` record shown by `conveyor status RUN --format json` under a deployment job.
+
+    {"strategy", "state", "stable_version", "new_version",
+     "weights": {server: weight},        # what the router is set to send each server (0: draining/maint)
+     "events": [{"at", "type", ...}],    # ISO-8601 UTC with milliseconds, oldest first
+     "environment", "gate", "approvals", "abort", "result"}
+
+`gate` is the approval gate the deployment waits at (name, since, deadline) or None;
+`approvals` the run's gate answers (decision, by, at).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from deploy.record import effective_weights
+from deploy.store import deploy_store_for
+from shared.state.base import iso_ms
+
+
+def deployment_view(state_url_or_store: Any, run_id: str, job: str) -> dict[str, Any] | None:
+    """The job's deployment record for status output, or None when the job has none (yet)."""
+    deploys = deploy_store_for(state_url_or_store)
+    loaded = deploys.load(run_id, job)
+    if loaded is None:
+        return None
+    rec = loaded[0]
+    gate = rec.get("data", {}).get("gate")
+    if gate is not None and rec["state"] == "waiting_approval":
+        gate = {"name": gate["name"], "since": iso_ms(gate.get("since")), "deadline": iso_ms(gate.get("deadline"))}
+    else:
+        gate = None
+    return {
+        "strategy": rec["strategy"],
+        "state": rec["state"],
+        "stable_version": rec["stable_version"],
+        "new_version": rec["new_version"],
+        "weights": effective_weights(rec),
+        "events": list(rec["events"]),
+        "environment": rec.get("config", {}).get("environment"),
+        "gate": gate,
+        "approvals": deploys.gate_answers(run_id),
+        "abort": _abort(rec.get("abort")),
+        "result": rec.get("result"),
+    }
+
+
+def _abort(abort: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not abort:
+        return None
+    return {"reason": abort.get("reason"), "message": abort.get("message"), "by": abort.get("by"),
+            "at": iso_ms(abort.get("at"))}
+
+
+def summary(view: dict[str, Any]) -> str:
+    """One line for `conveyor status` text output."""
+    parts = [f"{view['strategy']} {view['state']}", f"{view['stable_version'] or '?'} -> {view['new_version']}"]
+    if view["weights"]:
+        parts.append(" ".join(f"{n}={w}" for n, w in view["weights"].items()))
+    if view["gate"]:
+        parts.append(f"waiting for gate {view['gate']['name']}")
+    return ", ".join(parts)
+
+
+def deployment_extras(store: Any) -> Callable[[str, str], dict[str, Any]]:
+    """For `status_json(..., extras=...)`: `{"deployment": view}` for deployment jobs (None before they start)."""
+    deploys = deploy_store_for(store)
+    plans: dict[str, dict] = {}
+
+    def extras(run_id: str, job: str) -> dict[str, Any]:
+        if run_id not in plans:
+            try:
+                plans[run_id] = store.get_plan(run_id).get("jobs", {})
+            except LookupError:
+                plans[run_id] = {}
+        if not (plans[run_id].get(job) or {}).get("deploy"):
+            return {}
+        return {"deployment": deployment_view(deploys, run_id, job)}
+
+    return extras

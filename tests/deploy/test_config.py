@@ -1,0 +1,64 @@
+"""Loading a deployment's configuration from a compiled pipeline, and the combinations refused."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coordinator.frontend import load_file
+from deploy.config import ConfigError, config_from_dict, load_config
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def compiled(name: str):
+    result = load_file(EXAMPLES / name, {}, run_id="r1")
+    assert result.ok, [str(d) for d in result.diagnostics]
+    return result.plan
+
+
+@pytest.mark.parametrize("name", ["deploy-rolling.yml", "deploy-blue-green.yml", "deploy-canary.yml"])
+def test_examples_compile_and_load(name: str) -> None:
+    plan = compiled(name)
+    [job] = [j for j in plan.jobs.values() if j.deploy is not None]
+    config = load_config(job.deploy, plan.environments)
+    assert config.router.backend == "web" and config.provider.type == "command"
+    assert [s.name for s in config.instances] == ["web1", "web2"]
+    assert [s.name for s in config.spare] == ["spare1", "spare2"]
+    assert config_from_dict(config.to_dict()) == config  # a record carries it as JSON
+
+
+def test_canary_steps_and_gates() -> None:
+    plan = compiled("deploy-canary.yml")
+    job = plan.jobs["release"]
+    config = load_config(job.deploy, plan.environments)
+    kinds = [(s.kind, s.weight, s.seconds, s.gate.name if s.gate else None) for s in config.canary.steps]
+    assert kinds[0] == ("set_weight", 10, 0.0, None)
+    assert ("gate", 0, 0.0, "go-live") in kinds
+    assert config.gates() == ["go-live"]
+    assert config.analysis.failure_limit >= 1
+
+
+def base(strategy: str, **deploy) -> tuple[dict, dict]:
+    env = {"router": {"type": "haproxy", "admin": "unix:///x", "backend": "web"},
+           "provider": {"type": "command", "start": "start ${INSTANCE}"},
+           "instances": [{"name": "web1", "address": "127.0.0.1:1"}], "spare": []}
+    return {"environment": "prod", "version": "v2", "strategy": strategy, **deploy}, {"prod": env}
+
+
+@pytest.mark.parametrize("strategy, extra, message", [
+    ("rolling", {"rolling": {"max_surge": 0, "max_unavailable": 0}}, "max_surge >= 1 or max_unavailable >= 1"),
+    ("blue_green", {}, "spare addresses"),
+    ("canary", {"canary": {"steps": [{"set_weight": 10}]}}, "spare address"),
+])
+def test_impossible_combinations_are_refused(strategy: str, extra: dict, message: str) -> None:
+    deploy, envs = base(strategy, **extra)
+    with pytest.raises(ConfigError, match=message):
+        load_config(deploy, envs)
+
+
+def test_pause_without_duration_becomes_a_named_gate() -> None:
+    deploy, envs = base("canary", canary={"steps": [{"set_weight": 10}, {"pause": {}}, {"set_weight": 50}]})
+    envs["prod"]["spare"] = ["127.0.0.1:2"]
+    config = load_config(deploy, envs)
+    assert config.gates() == ["pause-2"]
