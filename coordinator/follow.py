@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, TextIO
 
 from coordinator.status_view import (
     NONE,
@@ -213,11 +213,13 @@ class DagView:
     the refresh thread from ever seeing half an update.
     """
 
-    def __init__(self, run_id: str, pipeline: str, created_at: str, plan: Mapping[str, Any]) -> None:
+    def __init__(self, run_id: str, pipeline: str, created_at: str, plan: Mapping[str, Any],
+                 deployment: Callable[[str], str | None] | None = None) -> None:
         self.run_id = run_id
         self.pipeline = pipeline
         self.created = epoch_seconds(created_at) or time.time()
         self.plan = plan
+        self.deployment = deployment  # job -> one line of weights, gate and analysis
         self._state: tuple[str, dict[str, JobRecord]] = (RUNNING, {})
 
     def update(self, status: str, jobs: dict[str, JobRecord]) -> None:
@@ -261,9 +263,33 @@ class DagView:
         parts = [job.reason] if job.reason else []
         if job.status != RUNNING and job.exit_code is not None:
             parts.append(f"exit {job.exit_code}")
+        if job.status == RUNNING and self.deployment is not None and self.plan["jobs"].get(name, {}).get("deploy"):
+            line = self.deployment(name)
+            if line:
+                return line
         if job.status == RUNNING and job.worker:
             parts.append(f"on {job.worker}")
         return ", ".join(parts)
+
+
+def _deployment_lines(store: StateStore, run_id: str, every_s: float = 1.0) -> Callable[[str], str | None]:
+    """A deployment job's one-line summary, read from the store at most once a second per job
+    (the live view refreshes several times a second)."""
+    cache: dict[str, tuple[float, str | None]] = {}
+
+    def line(job: str) -> str | None:
+        now = time.monotonic()
+        if job not in cache or now - cache[job][0] > every_s:
+            from deploy.view import deployment_view, summary
+
+            try:
+                view = deployment_view(store, run_id, job)
+                cache[job] = (now, summary(view) if view else None)
+            except Exception:  # the view must keep rendering whatever the store does
+                cache[job] = (now, cache.get(job, (0.0, None))[1])
+        return cache[job][1]
+
+    return line
 
 
 # -- follow: the loop -----------------------------------------------------------------------
@@ -293,7 +319,9 @@ class _Follower:
         self.drained: set[str] = set()
         self.width = prefix_width([job] if job is not None else self.jobs)
         self.colours = {name: JOB_COLOURS[i % len(JOB_COLOURS)] for i, name in enumerate(self.jobs)}
-        self.view = DagView(run_id, run.pipeline, run.created_at, self.plan)
+        deploys = any((spec or {}).get("deploy") for spec in self.plan.get("jobs", {}).values())
+        self.view = DagView(run_id, run.pipeline, run.created_at, self.plan,
+                            _deployment_lines(store, run_id) if deploys else None)
         self.view.update(self.status, self.jobs)
 
     # -- the loop

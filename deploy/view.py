@@ -58,6 +58,15 @@ def summary(view: dict[str, Any]) -> str:
         parts.append(" ".join(f"{n}={w}" for n, w in view["weights"].items()))
     if view["gate"]:
         parts.append(f"waiting for gate {view['gate']['name']}")
+    analysis = next((e for e in reversed(view["events"]) if e.get("type") == "analysis"), None)
+    if analysis is not None and "verdict" in analysis:
+        rate = analysis.get("error_rate")
+        figures = [f"{analysis.get('requests', 0)} req"]
+        if rate is not None:
+            figures.append(f"{rate:.1%} 5xx")
+        if analysis.get("latency_ms") is not None:
+            figures.append(f"{analysis['latency_ms']:.0f} ms")
+        parts.append(f"analysis {analysis['verdict']} ({', '.join(figures)})")
     return ", ".join(parts)
 
 

@@ -132,7 +132,14 @@ def status(run_id: str, fmt: str) -> None:
                                        extras=deployment_extras(store))
         click.echo(json.dumps(view, indent=2))
     else:
+        from deploy.view import deployment_extras, summary
+
         click.echo(status_view.status_text(store, run_id))
+        extras = deployment_extras(store)
+        for job in store.get_jobs(run_id):
+            view = extras(run_id, job).get("deployment")
+            if view:
+                click.echo(f"deployment {job}: {summary(view)}")
 
 
 @click.command()

@@ -310,3 +310,25 @@ def test_follow_a_run_in_redis(redis_url: str) -> None:
         assert "test: retrying (script_failure, exit 1, retry in 0.1s)" in out
     finally:
         redis_store.close()
+
+
+def test_dag_view_shows_a_running_deployment_s_weights_gate_and_analysis(store: StateStore) -> None:
+    from deploy.view import summary
+
+    run_id = new_run(store)
+    claim(store, run_id, "build")
+    plan = {**PLAN, "jobs": {**PLAN["jobs"], "build": {**PLAN["jobs"]["build"], "deploy": {"strategy": "canary"}}}}
+    record = {
+        "strategy": "canary", "state": "waiting_approval", "stable_version": "v1", "new_version": "v2",
+        "weights": {"web1": 90, "canary": 10}, "gate": {"name": "go-live"},
+        "events": [{"at": "x", "type": "analysis", "verdict": "inconclusive", "requests": 7, "error_rate": 0.0,
+                    "latency_ms": 12.0}],
+    }
+    view = DagView(run_id, "demo", store.get_run(run_id).created_at, plan,
+                   deployment=lambda job: summary(record) if job == "build" else None)
+    view.update("running", ordered_jobs(store, run_id))
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(view)
+    line = console.file.getvalue().splitlines()[1]
+    assert "canary waiting_approval, v1 -> v2, web1=90 canary=10, waiting for gate go-live" in line, line
+    assert "analysis inconclusive (7 req, 0.0% 5xx, 12 ms)" in line, line
