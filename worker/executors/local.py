@@ -44,6 +44,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _POLL = 0.05
 
 
+OWNER_ENV = "CONVEYOR_STEP_OWNER"
+
+
 class LocalStepHandle(StepHandle):
     """A step running as a host process group led by ``proc``."""
 
@@ -93,6 +96,24 @@ def _group_alive(pgid: int) -> bool:
         if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
             return True
     return False
+
+
+def _session_leaders() -> Iterator[int]:
+    """Pids of this machine's session leaders other than our own (Linux /proc)."""
+    own = os.getsid(0)
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            if os.getsid(pid) == pid and pid != own:
+                yield pid
+        except OSError:
+            continue
 
 
 def _parse_user(spec: str) -> tuple[int | str, int | str | None]:
@@ -150,6 +171,9 @@ class LocalExecutor:
             return handle
         self._warn_unenforced(step)
         env = dict(step.env)
+        # The local counterpart of the Docker executor's labels: after a restart, the worker
+        # finds the step sessions its previous life left running by this mark.
+        env[OWNER_ENV] = job.worker_name
         env.setdefault("PATH", self._default_path)
         env.setdefault("HOME", str(job_dir / "home"))
         user, group = _parse_user(job.user) if job.user is not None else (None, None)
@@ -245,8 +269,22 @@ class LocalExecutor:
         self._dirs.remove(job)
 
     def reap_orphans(self, worker_name: str) -> int:
-        """Always 0: host processes carry no worker label to find them by after a restart."""
-        return 0
+        """Kill the step sessions a previous life of this worker left running; how many.
+
+        A SIGKILLed worker cannot stop its steps (they run in sessions of their own), and
+        the job's re-run must not share the machine with them. Sessions are found by the
+        owner mark in their leader's environment (Linux /proc; elsewhere nothing is found).
+        """
+        mark = f"{OWNER_ENV}={worker_name}".encode()
+        reaped = 0
+        for pid in _session_leaders():
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if mark in environ and _signal_group(pid, signal.SIGKILL):
+                reaped += 1
+        return reaped
 
     def _warn_unenforced(self, step: StepSpec) -> None:
         limits = step.limits

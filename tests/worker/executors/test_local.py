@@ -126,3 +126,22 @@ def test_select_docker_by_name_without_an_engine_fails_loudly(monkeypatch, tmp_p
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     with pytest.raises(InfrastructureError):
         select_executor("docker")
+
+
+def test_reap_orphans_kills_only_this_workers_leftover_steps(job, step, tmp_path):
+    from dataclasses import replace
+
+    previous_life = LocalExecutor(scripts_root=tmp_path / "old")
+    other_worker = replace(job, worker_name=job.worker_name + "-other")
+    orphan = previous_life.start(job, step("sleep 30 & sleep 30"))
+    bystander = previous_life.start(other_worker, step("sleep 30"))
+    try:
+        current = LocalExecutor(scripts_root=tmp_path / "new")
+        assert current.reap_orphans(job.worker_name) == 1
+        orphan.proc.wait(timeout=5)
+        assert not _alive(orphan.proc.pid)
+        assert bystander.proc.poll() is None  # another worker's step is left alone
+        assert current.reap_orphans(job.worker_name) == 0
+    finally:
+        previous_life.cleanup(other_worker)
+        previous_life.cleanup(job)
