@@ -17,7 +17,7 @@ from tests.services import ensure_busybox_image
 class OwnDockerd:
     """`dockerd` on a private socket, data root and exec root; no bridge, no iptables.
 
-    It runs in a network namespace of its own: a second engine started with `--bridge none`
+    It runs in a network namespace of its own (`unshare --net`): a second engine started with `--bridge none`
     in the host namespace deletes the host's `docker0`, breaking every other engine user.
     """
 
@@ -28,15 +28,13 @@ class OwnDockerd:
         self.host = f"unix://{self.socket}"
         self.proc: subprocess.Popen | None = None
         self.log = self.root / "dockerd.log"
-        self.netns = self.root.name
-        subprocess.run(["ip", "netns", "add", self.netns], check=True)
-        subprocess.run(["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"], check=True)
 
     def start(self, timeout: float = 60) -> None:
         """Start the engine and wait until it answers; FAIL the test if it does not."""
         import docker
 
-        command = ["ip", "netns", "exec", self.netns, "dockerd", "-H", self.host, "--data-root", str(self.root / "data"),
+        # `unshare --net`, not `ip netns exec`: the latter remounts /sys, hiding the cgroups.
+        command = ["unshare", "--net", "dockerd", "-H", self.host, "--data-root", str(self.root / "data"),
                    "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "pid"),
                    "--bridge", "none", "--iptables=false", "--ip-masq=false"]
         try:
@@ -82,5 +80,4 @@ class OwnDockerd:
 
     def remove(self) -> None:
         self.stop()
-        subprocess.run(["ip", "netns", "delete", self.netns], check=False)
         shutil.rmtree(self.root, ignore_errors=True)
