@@ -7,7 +7,7 @@ deployment can judge (a canary needs a free address, rolling needs surge or unav
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
 
@@ -69,6 +69,7 @@ class BlueGreenConfig:
     promote_after: float = 0.0
     pre_promotion_analysis: bool = False
     keep_old_for: float = 300.0
+    analysis: "AnalysisConfig | None" = None  # thresholds of the pre-promotion analysis
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,8 @@ class DeployConfig:
     @property
     def analysis(self) -> AnalysisConfig:
         """Thresholds for canary analysis and blue-green pre-promotion analysis."""
+        if self.strategy == "blue_green" and self.blue_green.analysis is not None:
+            return self.blue_green.analysis
         return self.canary.analysis or AnalysisConfig()
 
     def gates(self) -> list[str]:
@@ -155,6 +158,13 @@ SPARE_PREFIX = "spare"
 def _take(data: Mapping[str, Any] | None, cls: type, **rename: str) -> Any:
     values = {rename.get(k, k): v for k, v in dict(data or {}).items() if rename.get(k, k) in cls.__dataclass_fields__}
     return cls(**values)
+
+
+def _blue_green(raw: Mapping[str, Any] | None) -> BlueGreenConfig:
+    raw = dict(raw or {})
+    analysis = raw.pop("analysis", None)
+    config = _take(raw, BlueGreenConfig)
+    return replace(config, analysis=_take(analysis, AnalysisConfig)) if analysis else config
 
 
 def _canary_steps(raw: Any) -> tuple[CanaryStep, ...]:
@@ -200,7 +210,7 @@ def load_config(deploy: Mapping[str, Any], environments: Mapping[str, Any]) -> D
         spare=spare,
         health=health,
         rolling=_take(deploy.get("rolling"), RollingConfig),
-        blue_green=_take(deploy.get("blue_green"), BlueGreenConfig),
+        blue_green=_blue_green(deploy.get("blue_green")),
         canary=CanaryConfig(_canary_steps(canary_raw.get("steps")), analysis),
         rollback_on_failure=bool(deploy.get("rollback_on_failure", True)),
     )
@@ -253,7 +263,7 @@ def config_from_dict(data: Mapping[str, Any]) -> DeployConfig:
         spare=tuple(Slot(**s) for s in data["spare"]),
         health=HealthConfig(**data["health"]),
         rolling=RollingConfig(**data["rolling"]),
-        blue_green=BlueGreenConfig(**data["blue_green"]),
+        blue_green=_blue_green(data["blue_green"]),
         canary=CanaryConfig(steps, AnalysisConfig(**canary["analysis"]) if canary.get("analysis") else None),
         rollback_on_failure=data["rollback_on_failure"],
     )

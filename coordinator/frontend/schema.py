@@ -78,6 +78,7 @@ ENVIRONMENT = {
             "image": {"type": "string"},
             "port": _int(1, 65535),
             "docker_host": {"type": "string"},
+            "network": {"type": "string", "empty": False},
         },
     },
     "instances": {
@@ -114,6 +115,17 @@ CANARY_STEP = {
     },
 }
 
+ANALYSIS = {
+    "type": "dict",
+    "schema": {
+        "interval": {"type": "number", "min": 0.1, "max": 3600},
+        "min_requests": _int(0, 10**9),
+        "max_error_rate": {"type": "number", "min": 0, "max": 1},
+        "max_p99_ms": {"type": "number", "min": 1, "max": 3600000},
+        "failure_limit": _int(1, 100),
+    },
+}
+
 DEPLOY = {
     "environment": {"type": "string", "required": True, "empty": False},
     "version": {"type": ["string", "int", "number"], "required": True},
@@ -135,22 +147,14 @@ DEPLOY = {
             "promote_after": _int(0, 86400),
             "pre_promotion_analysis": {"type": "boolean"},
             "keep_old_for": _int(0, 86400),
+            "analysis": ANALYSIS,
         },
     },
     "canary": {
         "type": "dict",
         "schema": {
             "steps": {"type": "list", "minlength": 1, "schema": CANARY_STEP},
-            "analysis": {
-                "type": "dict",
-                "schema": {
-                    "interval": {"type": "number", "min": 0.1, "max": 3600},
-                    "min_requests": _int(0, 10**9),
-                    "max_error_rate": {"type": "number", "min": 0, "max": 1},
-                    "max_p99_ms": {"type": "number", "min": 1, "max": 3600000},
-                    "failure_limit": _int(1, 100),
-                },
-            },
+            "analysis": ANALYSIS,
         },
     },
     "rollback_on_failure": {"type": "boolean"},

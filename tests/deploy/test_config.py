@@ -62,3 +62,31 @@ def test_pause_without_duration_becomes_a_named_gate() -> None:
     envs["prod"]["spare"] = ["127.0.0.1:2"]
     config = load_config(deploy, envs)
     assert config.gates() == ["pause-2"]
+
+
+def test_blue_green_analysis_and_provider_network_are_part_of_the_format(tmp_path: Path) -> None:
+    path = tmp_path / "bg.yml"
+    path.write_text("""
+name: bg
+environments:
+  prod:
+    router: {type: haproxy, admin: "unix:///run/haproxy.sock", backend: web}
+    provider: {type: docker, image: "app:${VERSION}", port: 8080, network: host}
+    instances: [{name: web1, address: "127.0.0.1:8081"}]
+    spare: ["127.0.0.1:8091"]
+jobs:
+  release:
+    deploy:
+      environment: prod
+      version: v2
+      strategy: blue_green
+      blue_green:
+        pre_promotion_analysis: true
+        analysis: {min_requests: 7, max_error_rate: 0.02, failure_limit: 3}
+""")
+    result = load_file(path, {}, run_id="r1")
+    assert result.ok, [str(d) for d in result.diagnostics]
+    config = load_config(result.plan.jobs["release"].deploy, result.plan.environments)
+    assert (config.analysis.min_requests, config.analysis.max_error_rate, config.analysis.failure_limit) == (7, 0.02, 3)
+    assert config.provider.network == "host"
+    assert config_from_dict(config.to_dict()) == config
