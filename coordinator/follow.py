@@ -10,6 +10,7 @@ stream label a worker uses. Job names are padded so the text column lines up.
 """
 from __future__ import annotations
 
+import json
 import re
 import sys
 import threading
@@ -138,6 +139,7 @@ def follow_logs(
     out: TextIO | None = None,
     *,
     poll_ms: int = 200,
+    as_json: bool = False,
 ) -> None:
     """`conveyor logs RUN [JOB] [-f]`: print the stored log lines, then with `follow` new ones.
 
@@ -145,7 +147,9 @@ def follow_logs(
     on; without one, every job's lines in plan order, each prefixed `JOB |` (`JOB !` for
     stderr). `follow` keeps printing until the job (or, without a job, the run) is
     terminal; a `retrying` job is still followed. `out` defaults to sys.stdout at call
-    time. Raises UnknownRun, or UnknownJob for a job the run does not have.
+    time. `as_json` prints one JSON object per line instead, for log shippers:
+    `{"ts", "run_id", "job", "stream", "message"}`. Raises UnknownRun, or UnknownJob for a
+    job the run does not have.
     """
     out = out if out is not None else sys.stdout
     jobs = ordered_jobs(store, run_id)
@@ -159,7 +163,11 @@ def follow_logs(
         printed = False
         for entries in cursors.batches(name, block_ms):
             for entry in entries:
-                if job is not None:
+                if as_json:
+                    out.writelines(json.dumps({"ts": entry.timestamp, "run_id": run_id, "job": name,
+                                               "stream": entry.stream, "message": line}) + "\n"
+                                   for line in log_lines(entry.text))
+                elif job is not None:
                     out.write(entry.text if entry.text.endswith("\n") else entry.text + "\n")
                 else:
                     marker = stream_marker(entry.stream)

@@ -146,7 +146,9 @@ def status(run_id: str, fmt: str) -> None:
 @click.argument("run_id")
 @click.argument("job", required=False)
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new lines until the job or run ends.")
-def logs(run_id: str, job: str | None, follow_: bool) -> None:
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one object per line with ts, run_id, job, stream and message.")
+def logs(run_id: str, job: str | None, follow_: bool, fmt: str) -> None:
     """Job logs (all jobs in plan order, or one)."""
     from coordinator.follow import follow_logs
 
@@ -157,7 +159,7 @@ def logs(run_id: str, job: str | None, follow_: bool) -> None:
     if job is not None and job not in store.get_jobs(run_id):
         click.echo(f"error: run '{run_id}' has no job '{job}'", err=True)
         sys.exit(EXIT_UNKNOWN_RUN)
-    follow_logs(store, run_id, job, follow=follow_)
+    follow_logs(store, run_id, job, follow=follow_, as_json=fmt == "json")
 
 
 @click.command()

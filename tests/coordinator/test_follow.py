@@ -332,3 +332,17 @@ def test_dag_view_shows_a_running_deployment_s_weights_gate_and_analysis(store: 
     line = console.file.getvalue().splitlines()[1]
     assert "canary waiting_approval, v1 -> v2, web1=90 canary=10, waiting for gate go-live" in line, line
     assert "analysis inconclusive (7 req, 0.0% 5xx, 12 ms)" in line, line
+
+
+def test_follow_logs_as_json_lines_carry_run_and_job(store: StateStore) -> None:
+    import json
+
+    run_id = new_run(store)
+    pipeline(store, run_id, pause=0)
+    out = io.StringIO()
+    follow_logs(store, run_id, out=out, as_json=True)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["job"], r["stream"], r["message"]) for r in records][:3] == [
+        ("build", "stdout", "compiling"), ("build", "stderr", "warning: unused"), ("build", "stdout", "built")]
+    assert {r["run_id"] for r in records} == {run_id}
+    assert all(r["ts"].endswith("Z") for r in records)
