@@ -6,13 +6,10 @@ and the lock are atomic across the threads and processes sharing the file.
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
-import threading
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
+from shared.sqlite_file import SQLiteFile
 from deploy.store.base import Record, is_active
 
 SCHEMA = """
@@ -29,7 +26,6 @@ CREATE TABLE IF NOT EXISTS deploy_active (
 CREATE TABLE IF NOT EXISTS deploy_locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS deploy_envs (key TEXT PRIMARY KEY, version INTEGER NOT NULL, data TEXT NOT NULL);
 """
-BUSY_TIMEOUT_S = 30.0
 
 
 def _now_ms() -> int:
@@ -41,38 +37,15 @@ class SQLiteDeployStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        db = self._conn()
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
+        self._db = SQLiteFile(path, SCHEMA)
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn, self._local.pid = conn, os.getpid()
-            with self._lock:
-                self._all.append(conn)
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def close(self) -> None:
+        self._db.close()
 
     # -- records ---------------------------------------------------------------------------
 
     def create(self, record: Record) -> bool:
-        with self._tx() as db:
+        with self._db.transaction() as db:
             cursor = db.execute("INSERT OR IGNORE INTO deploy_records (run_id, job, version, data) VALUES (?, ?, 1, ?)",
                                 (record["run_id"], record["job"], json.dumps(record)))
             if cursor.rowcount == 0:
@@ -82,13 +55,13 @@ class SQLiteDeployStore:
             return True
 
     def load(self, run_id: str, job: str) -> tuple[Record, int] | None:
-        row = self._conn().execute("SELECT version, data FROM deploy_records WHERE run_id = ? AND job = ?",
+        row = self._db.conn().execute("SELECT version, data FROM deploy_records WHERE run_id = ? AND job = ?",
                                    (run_id, job)).fetchone()
         return None if row is None else (json.loads(row[1]), int(row[0]))
 
     def save(self, record: Record, version: int) -> bool:
         run_id, job = record["run_id"], record["job"]
-        with self._tx() as db:
+        with self._db.transaction() as db:
             cursor = db.execute("UPDATE deploy_records SET version = version + 1, data = ? "
                                 "WHERE run_id = ? AND job = ? AND version = ?",
                                 (json.dumps(record), run_id, job, version))
@@ -102,14 +75,14 @@ class SQLiteDeployStore:
             return True
 
     def jobs(self, run_id: str) -> list[str]:
-        rows = self._conn().execute("SELECT job FROM deploy_records WHERE run_id = ? ORDER BY job", (run_id,))
+        rows = self._db.conn().execute("SELECT job FROM deploy_records WHERE run_id = ? ORDER BY job", (run_id,))
         return [row[0] for row in rows]
 
     # -- locks -----------------------------------------------------------------------------
 
     def lock(self, run_id: str, job: str, owner: str, ttl_ms: int) -> bool:
         name, now = f"{run_id}\n{job}", _now_ms()
-        with self._tx() as db:
+        with self._db.transaction() as db:
             row = db.execute("SELECT owner, expires FROM deploy_locks WHERE name = ?", (name,)).fetchone()
             if row is not None and row[1] > now and row[0] != owner:
                 return False
@@ -118,42 +91,42 @@ class SQLiteDeployStore:
             return True
 
     def refresh_lock(self, run_id: str, job: str, owner: str, ttl_ms: int) -> bool:
-        with self._tx() as db:
+        with self._db.transaction() as db:
             cursor = db.execute("UPDATE deploy_locks SET expires = ? WHERE name = ? AND owner = ?",
                                 (_now_ms() + ttl_ms, f"{run_id}\n{job}", owner))
             return cursor.rowcount == 1
 
     def unlock(self, run_id: str, job: str, owner: str) -> None:
-        with self._tx() as db:
+        with self._db.transaction() as db:
             db.execute("DELETE FROM deploy_locks WHERE name = ? AND owner = ?", (f"{run_id}\n{job}", owner))
 
     # -- commands and gates ------------------------------------------------------------------
 
     def add_command(self, run_id: str, job: str, command: dict[str, Any]) -> None:
-        with self._tx() as db:
+        with self._db.transaction() as db:
             db.execute("INSERT INTO deploy_commands (run_id, job, data) VALUES (?, ?, ?)",
                        (run_id, job, json.dumps(command)))
 
     def commands(self, run_id: str, job: str, after: int) -> list[dict[str, Any]]:
-        rows = self._conn().execute("SELECT data FROM deploy_commands WHERE run_id = ? AND job = ? ORDER BY id "
+        rows = self._db.conn().execute("SELECT data FROM deploy_commands WHERE run_id = ? AND job = ? ORDER BY id "
                                     "LIMIT -1 OFFSET ?", (run_id, job, after))
         return [json.loads(row[0]) for row in rows]
 
     def answer_gate(self, run_id: str, gate: str, answer: dict[str, Any]) -> dict[str, Any]:
-        with self._tx() as db:
+        with self._db.transaction() as db:
             db.execute("INSERT OR IGNORE INTO deploy_gates (run_id, gate, data) VALUES (?, ?, ?)",
                        (run_id, gate, json.dumps(answer)))
             row = db.execute("SELECT data FROM deploy_gates WHERE run_id = ? AND gate = ?", (run_id, gate)).fetchone()
         return json.loads(row[0])
 
     def gate_answers(self, run_id: str) -> dict[str, dict[str, Any]]:
-        rows = self._conn().execute("SELECT gate, data FROM deploy_gates WHERE run_id = ?", (run_id,))
+        rows = self._db.conn().execute("SELECT gate, data FROM deploy_gates WHERE run_id = ?", (run_id,))
         return {row[0]: json.loads(row[1]) for row in rows}
 
     # -- watchdog --------------------------------------------------------------------------
 
     def overdue(self, now_ms: int, grace_ms: int, bump_ms: int) -> list[tuple[str, str]]:
-        with self._tx() as db:
+        with self._db.transaction() as db:
             rows = db.execute("SELECT run_id, job FROM deploy_active WHERE due <= ? LIMIT 100",
                               (now_ms - grace_ms,)).fetchall()
             for run_id, job in rows:
@@ -163,11 +136,11 @@ class SQLiteDeployStore:
     # -- environments ----------------------------------------------------------------------
 
     def load_env(self, key: str) -> tuple[dict[str, Any], int] | None:
-        row = self._conn().execute("SELECT version, data FROM deploy_envs WHERE key = ?", (key,)).fetchone()
+        row = self._db.conn().execute("SELECT version, data FROM deploy_envs WHERE key = ?", (key,)).fetchone()
         return None if row is None else (json.loads(row[1]), int(row[0]))
 
     def save_env(self, key: str, data: dict[str, Any], version: int) -> bool:
-        with self._tx() as db:
+        with self._db.transaction() as db:
             if version == 0:
                 cursor = db.execute("INSERT OR IGNORE INTO deploy_envs (key, version, data) VALUES (?, 1, ?)",
                                     (key, json.dumps(data)))
@@ -175,10 +148,3 @@ class SQLiteDeployStore:
                 cursor = db.execute("UPDATE deploy_envs SET version = version + 1, data = ? WHERE key = ? AND version = ?",
                                     (json.dumps(data), key, version))
             return cursor.rowcount == 1
-
-    def close(self) -> None:
-        with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
-        self._local = threading.local()

@@ -9,13 +9,11 @@ host's clock; embedded mode has one host.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import threading
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+from shared.sqlite_file import SQLiteFile
 from shared.state.base import (
     CANCELLED,
     DEFAULT_RETENTION_S,
@@ -122,7 +120,6 @@ INSERT OR IGNORE INTO counters (name, value) VALUES ('token', 0);
 
 # How often a blocking read looks again; SQLite has no change notification across processes.
 POLL_S = 0.05
-BUSY_TIMEOUT_S = 30.0
 
 
 def _now_ms() -> int:
@@ -135,47 +132,10 @@ class SQLiteState:
     def __init__(self, path: str, *, retention_s: float = DEFAULT_RETENTION_S) -> None:
         self.path = path
         self.retention_ms = int(retention_s * 1000)
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        db = self._conn()
-        # WAL is a property of the file: set once, every later connection uses it.
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
-
-    # -- connections -------------------------------------------------------------------
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        # A connection inherited through fork() must not be used by the child.
-        if conn is None or self._local.pid != os.getpid():
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn, self._local.pid = conn, os.getpid()
-            with self._lock:
-                self._all.append(conn)
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        self._db = SQLiteFile(path, SCHEMA, user_version=SCHEMA_VERSION)
 
     def close(self) -> None:
-        with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
-        self._local = threading.local()
+        self._db.close()
 
     # -- shared write helpers ----------------------------------------------------------
 
@@ -237,7 +197,7 @@ class SQLiteState:
     ) -> None:
         check_create_args(run_id, pipeline, jobs)
         meta_json, plan_json = json.dumps(meta), json.dumps(plan)
-        with self._tx() as db:
+        with self._db.transaction() as db:
             now = _now_ms()
             self._purge_expired(db, now)
             if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
@@ -260,19 +220,19 @@ class SQLiteState:
 
     def get_run(self, run_id: str) -> RunRecord | None:
         check_run_id(run_id)
-        row = self._run_row(self._conn(), run_id, _now_ms())
+        row = self._run_row(self._db.conn(), run_id, _now_ms())
         return _run_record(row) if row is not None else None
 
     def get_plan(self, run_id: str) -> dict:
         check_run_id(run_id)
-        row = self._run_row(self._conn(), run_id, _now_ms())
+        row = self._run_row(self._db.conn(), run_id, _now_ms())
         if row is None:
             raise UnknownRun(run_id)
         return json.loads(row["plan"])
 
     def get_jobs(self, run_id: str, names: Sequence[str] | None = None) -> dict[str, JobRecord]:
         check_run_id(run_id)
-        db = self._conn()
+        db = self._db.conn()
         # One read transaction so jobs and attempts come from the same snapshot.
         db.execute("BEGIN")
         try:
@@ -293,7 +253,7 @@ class SQLiteState:
         return {j["name"]: _job_record(j, attempts.get(j["name"], [])) for j in jobs}
 
     def list_runs(self, limit: int = 20) -> list[RunRecord]:
-        rows = self._conn().execute(
+        rows = self._db.conn().execute(
             "SELECT * FROM runs WHERE expires_at IS NULL OR expires_at > ?"
             " ORDER BY created_at DESC, rowid DESC LIMIT ?",
             (_now_ms(), limit),
@@ -306,7 +266,7 @@ class SQLiteState:
         self, run_id: str, job: str, worker: str, lease_ms: int, max_lost: int = 1
     ) -> Claim | Refusal:
         check_run_id(run_id)
-        with self._tx() as db:
+        with self._db.transaction() as db:
             now = _now_ms()
             run = self._run_row(db, run_id, now)
             if run is None:
@@ -357,7 +317,7 @@ class SQLiteState:
 
     def heartbeat(self, run_id: str, job: str, token: int, lease_ms: int) -> HeartbeatResult:
         check_run_id(run_id)
-        with self._tx() as db:
+        with self._db.transaction() as db:
             now = _now_ms()
             run = self._run_row(db, run_id, now)
             row = db.execute("SELECT * FROM jobs WHERE run_id = ? AND name = ?", (run_id, job)).fetchone()
@@ -382,7 +342,7 @@ class SQLiteState:
         check_reason(reason)
         if reason is None and status == CANCELLED:
             reason = "cancelled"
-        with self._tx() as db:
+        with self._db.transaction() as db:
             now = _now_ms()
             if self._run_row(db, run_id, now) is None:
                 return False  # expired run: nothing to write, as for a stale token
@@ -418,7 +378,7 @@ class SQLiteState:
     def skip(self, run_id: str, job: str, reason: str) -> bool:
         check_run_id(run_id)
         check_skip_reason(reason)
-        with self._tx() as db:
+        with self._db.transaction() as db:
             now = _now_ms()
             if self._run_row(db, run_id, now) is None:
                 raise UnknownRun(run_id)
@@ -432,7 +392,7 @@ class SQLiteState:
 
     def request_cancel(self, run_id: str) -> list[str]:
         check_run_id(run_id)
-        with self._tx() as db:
+        with self._db.transaction() as db:
             now = _now_ms()
             run = self._run_row(db, run_id, now)
             if run is None:
@@ -454,7 +414,7 @@ class SQLiteState:
 
     def append_logs(self, run_id: str, job: str, entries: Sequence[tuple[str, str]]) -> None:
         check_run_id(run_id)
-        with self._tx() as db:
+        with self._db.transaction() as db:
             now = _now_ms()
             if self._run_row(db, run_id, now) is None:
                 raise UnknownRun(run_id)
@@ -498,7 +458,7 @@ class SQLiteState:
     ) -> tuple[list[sqlite3.Row], str]:
         cursor = after or "0"
         deadline = time.monotonic() + block_ms / 1000
-        db = self._conn()
+        db = self._db.conn()
         while True:
             rows = db.execute(sql, (*params, int(cursor), count)).fetchall()
             if rows:

@@ -18,13 +18,11 @@ Times of tombstones and locks come from this host's clock; embedded mode has one
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import threading
 import time
-from contextlib import contextmanager
 from typing import Collection, Iterator, Sequence
 
+from shared.sqlite_file import SQLiteFile
 from shared.artifacts.base import check_digest
 from shared.artifacts.index import UnknownRecord, check_key, check_lock_name, reserved_digests
 from shared.artifacts.index.base import TOMBSTONE_TTL_S, ArtifactRecord
@@ -72,7 +70,6 @@ CREATE TABLE IF NOT EXISTS artifact_locks (
 ) WITHOUT ROWID;
 """
 
-BUSY_TIMEOUT_S = 30.0
 # records() reads this many rows per query, so no read transaction stays open while the
 # collector deletes between two items.
 PAGE_SIZE = 500
@@ -89,46 +86,10 @@ class SQLiteArtifactIndex:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        db = self._conn()
-        # WAL is a property of the file, shared with the state store that opens it too.
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
-
-    # -- connections -------------------------------------------------------------------
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        # A connection inherited through fork() must not be used by the child.
-        if conn is None or self._local.pid != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                   check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn, self._local.pid = conn, os.getpid()
-            with self._lock:
-                self._all.append(conn)
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        self._db = SQLiteFile(path, SCHEMA)
 
     def close(self) -> None:
-        with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
-        self._local = threading.local()
+        self._db.close()
 
     # -- records -----------------------------------------------------------------------
 
@@ -138,7 +99,7 @@ class SQLiteArtifactIndex:
         row = (*key, record.name, record.manifest, int(record.size), int(record.files), record.pipeline,
                float(record.created_at), _opt_float(record.expire_at), float(record.last_access),
                json.dumps(sorted(record.holders)), 0)
-        with self._tx() as db:
+        with self._db.transaction() as db:
             self._release(db, key)
             db.execute(f"INSERT INTO artifact_records ({', '.join(_RECORD_COLUMNS)})"
                        f" VALUES ({', '.join('?' * len(_RECORD_COLUMNS))})", row)
@@ -171,7 +132,7 @@ class SQLiteArtifactIndex:
 
     def complete(self, run_id: str, job: str, kind: str) -> None:
         check_key(run_id, job, kind)
-        with self._tx() as db:
+        with self._db.transaction() as db:
             if db.execute(f"UPDATE artifact_records SET complete = 1 WHERE {_KEY_WHERE}",
                           (run_id, job, kind)).rowcount == 0:
                 raise UnknownRecord(run_id, job, kind)
@@ -180,12 +141,12 @@ class SQLiteArtifactIndex:
 
     def forget(self, digest: str) -> None:
         check_digest(digest)
-        with self._tx() as db:
+        with self._db.transaction() as db:
             db.execute("DELETE FROM artifact_present WHERE digest = ?", (digest,))
 
     def present(self, digests: Sequence[str]) -> set[str]:
         wanted = list(dict.fromkeys(check_digest(d) for d in digests))
-        db = self._conn()
+        db = self._db.conn()
         found: set[str] = set()
         for start in range(0, len(wanted), _IN_BATCH):
             batch = wanted[start:start + _IN_BATCH]
@@ -203,17 +164,17 @@ class SQLiteArtifactIndex:
         if kind is not None:
             sql += " AND kind = ?"
             params.append(kind)
-        return [_record(r) for r in self._conn().execute(sql + " ORDER BY job, kind", params)]
+        return [_record(r) for r in self._db.conn().execute(sql + " ORDER BY job, kind", params)]
 
     def touch(self, run_id: str, job: str, kind: str, at: float) -> None:
         check_key(run_id, job, kind)
         # max(): a slow download reporting late must not make the record look less recently used.
-        with self._tx() as db:
+        with self._db.transaction() as db:
             db.execute(f"UPDATE artifact_records SET last_access = max(last_access, ?) WHERE {_KEY_WHERE}",
                        (float(at), run_id, job, kind))
 
     def records(self) -> Iterator[ArtifactRecord]:
-        db = self._conn()
+        db = self._db.conn()
         after: tuple[str, str, str] | None = None
         while True:
             if after is None:
@@ -231,13 +192,13 @@ class SQLiteArtifactIndex:
     def digests(self, run_id: str, job: str, kind: str) -> set[str]:
         """The digests a record references (empty when unknown); for a dry-run collection."""
         check_key(run_id, job, kind)
-        rows = self._conn().execute(f"SELECT digest FROM artifact_record_digests WHERE {_KEY_WHERE}",
+        rows = self._db.conn().execute(f"SELECT digest FROM artifact_record_digests WHERE {_KEY_WHERE}",
                                     (run_id, job, kind))
         return {r[0] for r in rows}
 
     def delete(self, run_id: str, job: str, kind: str) -> list[str]:
         check_key(run_id, job, kind)
-        with self._tx() as db:
+        with self._db.transaction() as db:
             return self._release(db, (run_id, job, kind))
 
     # -- refcounts and tombstones ------------------------------------------------------
@@ -245,7 +206,7 @@ class SQLiteArtifactIndex:
     def refcounts(self, digests: Sequence[str]) -> dict[str, int]:
         counts = {check_digest(d): 0 for d in digests}
         wanted = list(counts)
-        db = self._conn()
+        db = self._db.conn()
         for start in range(0, len(wanted), _IN_BATCH):
             batch = wanted[start:start + _IN_BATCH]
             rows = db.execute(f"SELECT digest, count FROM artifact_refs WHERE digest IN ({_marks(batch)})", batch)
@@ -254,7 +215,7 @@ class SQLiteArtifactIndex:
 
     def begin_delete(self, digest: str, ttl_s: float = TOMBSTONE_TTL_S) -> bool:
         check_digest(digest)
-        with self._tx() as db:
+        with self._db.transaction() as db:
             now = time.time()
             # Dead collectors' tombstones would otherwise stay forever; drop them while we hold the lock.
             db.execute("DELETE FROM artifact_tombstones WHERE expires_at <= ?", (now,))
@@ -268,12 +229,12 @@ class SQLiteArtifactIndex:
 
     def end_delete(self, digest: str) -> None:
         check_digest(digest)
-        with self._tx() as db:
+        with self._db.transaction() as db:
             db.execute("DELETE FROM artifact_tombstones WHERE digest = ?", (digest,))
 
     def tombstoned(self, digests: Sequence[str]) -> set[str]:
         wanted = list(dict.fromkeys(check_digest(d) for d in digests))
-        db = self._conn()
+        db = self._db.conn()
         now = time.time()
         found: set[str] = set()
         for start in range(0, len(wanted), _IN_BATCH):
@@ -287,7 +248,7 @@ class SQLiteArtifactIndex:
 
     def acquire_lock(self, name: str, owner: str, ttl_s: float) -> bool:
         check_lock_name(name)
-        with self._tx() as db:
+        with self._db.transaction() as db:
             now = time.time()
             row = db.execute("SELECT owner, expires_at FROM artifact_locks WHERE name = ?", (name,)).fetchone()
             if row is not None and row["owner"] != owner and row["expires_at"] > now:
@@ -300,7 +261,7 @@ class SQLiteArtifactIndex:
 
     def release_lock(self, name: str, owner: str) -> None:
         check_lock_name(name)
-        with self._tx() as db:
+        with self._db.transaction() as db:
             db.execute("DELETE FROM artifact_locks WHERE name = ? AND owner = ?", (name, owner))
 
 
