@@ -6,29 +6,22 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote
 
 from deploy.store.base import DeployStore
+from shared.state import state_backend
 
 __all__ = ["DeployStore", "deploy_store_for", "open_deploy_store"]
 
-SQLITE_PREFIX = "sqlite:///"
-
-
 def open_deploy_store(state_url: str) -> DeployStore:
     """The deployment store at the state store's URL."""
-    scheme = state_url.split(":", 1)[0].lower()
-    if scheme in ("redis", "rediss"):
+    backend, where = state_backend(state_url)
+    if backend == "redis":
         from deploy.store.redis import RedisDeployStore
 
-        return RedisDeployStore(state_url)
-    if scheme == "sqlite":
-        if not state_url.startswith(SQLITE_PREFIX) or len(state_url) == len(SQLITE_PREFIX):
-            raise ValueError(f"expected sqlite:///PATH, got {state_url!r}")
-        from deploy.store.sqlite import SQLiteDeployStore
+        return RedisDeployStore(where)
+    from deploy.store.sqlite import SQLiteDeployStore
 
-        return SQLiteDeployStore(unquote(state_url[len(SQLITE_PREFIX):]))
-    raise ValueError(f"unsupported state URL scheme {scheme!r}: expected redis://, rediss:// or sqlite:///")
+    return SQLiteDeployStore(where)
 
 
 def deploy_store_for(store_or_url: Any) -> DeployStore:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from typing import Collection
-from urllib.parse import unquote
 
 from shared.artifacts.base import check_digest
 from shared.artifacts.index.base import (
@@ -19,6 +18,7 @@ from shared.artifacts.index.base import (
     ArtifactIndex,
     ArtifactRecord,
 )
+from shared.state import state_backend
 from shared.state.base import check_run_id
 
 __all__ = [
@@ -26,7 +26,6 @@ __all__ = [
     "open_index",
 ]
 
-SQLITE_PREFIX = "sqlite:///"
 # Lock names become Redis key names.
 LOCK_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -45,18 +44,14 @@ class UnknownRecord(LookupError):
 
 def open_index(state_url: str) -> ArtifactIndex:
     """Open the artifact index stored beside the run state at `state_url`."""
-    scheme = state_url.split(":", 1)[0].lower()
-    if scheme in ("redis", "rediss"):
+    backend, where = state_backend(state_url)
+    if backend == "redis":
         from shared.artifacts.index.redis import RedisArtifactIndex
 
-        return RedisArtifactIndex(state_url)
-    if scheme == "sqlite":
-        if not state_url.startswith(SQLITE_PREFIX) or len(state_url) == len(SQLITE_PREFIX):
-            raise ValueError(f"expected sqlite:///PATH, got {state_url!r}")
-        from shared.artifacts.index.sqlite import SQLiteArtifactIndex
+        return RedisArtifactIndex(where)
+    from shared.artifacts.index.sqlite import SQLiteArtifactIndex
 
-        return SQLiteArtifactIndex(unquote(state_url[len(SQLITE_PREFIX):]))
-    raise ValueError(f"unsupported state URL scheme {scheme!r}: expected redis://, rediss:// or sqlite:///")
+    return SQLiteArtifactIndex(where)
 
 
 # -- checks shared by both backends ----------------------------------------------------
