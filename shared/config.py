@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
+from shared.units import parse_duration
+
 # Longest job (3600 s) plus its retries' backoff and start-up, with a wide margin: a
 # message must not be redelivered while its job may legitimately still run. The lease in
 # the state store makes an early redelivery harmless, this keeps it rare.
@@ -117,7 +119,9 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: str | P
             if key in values:
                 values[key] = float(values[key])  # type: ignore[arg-type]
         if "artifacts_expire_in" in values:
-            values["artifacts_expire_in"] = parse_duration(values["artifacts_expire_in"])
+            raw = values["artifacts_expire_in"]
+            values["artifacts_expire_in"] = 0 if str(raw).strip() == "0" else int(
+                parse_duration(raw, "CONVEYOR_ARTIFACTS_EXPIRE_IN"))
     except ValueError as exc:
         raise ConfigError(f"invalid number in configuration: {exc}") from None
     if "retention" in values:
@@ -131,15 +135,3 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: str | P
         raise ConfigError(f"CONVEYOR_EXECUTOR must be 'docker' or 'local', got {values['executor']!r}")
     return Settings(**values)  # type: ignore[arg-type]
 
-
-_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(value: object) -> int:
-    """`90`, `90s`, `30m`, `12h`, `7d`, `2w` as seconds."""
-    text = str(value).strip().lower()
-    if text.isdigit():
-        return int(text)
-    if len(text) > 1 and text[:-1].isdigit() and text[-1] in _DURATION:
-        return int(text[:-1]) * _DURATION[text[-1]]
-    raise ValueError(f"invalid duration {value!r} (expected e.g. 90s, 30m, 12h, 7d)")

@@ -22,7 +22,8 @@ from shared.artifacts.manifest import build_manifest
 from shared.artifacts.publish import fetch_record, publish_file, publish_manifest
 from shared.plan import Job, Plan
 from shared.state.base import RunRecord
-from worker.logs import LogSink, human_size
+from shared.units import human_size
+from worker.logs import LogSink
 
 log = logging.getLogger("conveyor.worker.artifacts")
 

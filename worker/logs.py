@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import IO
 
 from shared.state.base import StateStore, iso_ms
+from shared.units import MIB, human_size
 from worker.secrets import Masker
 
 log = logging.getLogger(__name__)
 
 SYSTEM = "system"
-KIB = 1024
-MIB = 1024 * KIB
+
 
 # A store that keeps failing is retried less and less often, up to this many seconds
 # apart, so an outage is not hammered 20 times a second by every running job.
@@ -62,14 +62,6 @@ class LogSummary:
     def complete(self) -> bool:
         """True when the store holds every line except those the cap left out on purpose."""
         return self.unsent_lines == 0
-
-
-def human_size(n: int) -> str:
-    """`n` bytes for a message: `4 MiB`, `1.5 MiB`, `512 KiB`, `1000 bytes`."""
-    for unit, size in (("MiB", MIB), ("KiB", KIB)):
-        if n >= size:
-            return f"{n // size} {unit}" if n % size == 0 else f"{n / size:.1f} {unit}"
-    return f"{n} bytes"
 
 
 class _Stamps:

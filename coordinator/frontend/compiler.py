@@ -15,6 +15,7 @@ from coordinator.frontend import variables
 from coordinator.frontend.diagnostics import Diagnostics
 from coordinator.frontend.schema import field_path
 from coordinator.frontend.yaml_source import Path, SourceMap
+from shared.units import parse_duration
 from shared import dag, expressions
 from shared.plan import Artifacts, Job, Plan, Resources, RetryPolicy, Step, freeze, frozen_env
 
@@ -26,7 +27,6 @@ IMAGE_RE = re.compile(
     r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?"
 )
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-_DURATIONS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_memory(value: str | int) -> int:
@@ -37,11 +37,6 @@ def parse_memory(value: str | int) -> int:
     unit = text[-1] if text and text[-1] in "kmg" else ""
     number = float(text[: -1] if unit else text)
     return int(number * _UNITS[unit])
-
-
-def parse_duration(value: str) -> int:
-    """`30m`, `12h`, `7d` -> seconds."""
-    return int(value[:-1]) * _DURATIONS[value[-1]]
 
 
 def literal(text: str) -> str:
@@ -177,7 +172,7 @@ class Compiler:
             secrets=tuple(raw.get("secrets") or ()),
             artifacts=Artifacts(
                 paths=tuple(artifacts_raw.get("paths") or ()),
-                expire_in_seconds=parse_duration(artifacts_raw["expire_in"]) if "expire_in" in artifacts_raw else None,
+                expire_in_seconds=int(parse_duration(artifacts_raw["expire_in"])) if "expire_in" in artifacts_raw else None,
                 name=artifacts_raw.get("name"),
             ),
             deploy=freeze(deploy) if deploy is not None else None,
