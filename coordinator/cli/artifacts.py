@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 
-EXIT_UNKNOWN_RUN = 3
 PROGRESS_MIN_BYTES = 4 * 1024 * 1024  # smaller transfers finish before a bar would help
 
 
@@ -19,14 +18,6 @@ def _open(settings):
 
     return (open_store(settings.effective_artifacts_url, endpoint_url=settings.s3_endpoint_url),
             open_index(settings.effective_state_url))
-
-
-def _known_run(settings, run_id: str) -> None:
-    from coordinator.cli.options import open_cli_store
-
-    if open_cli_store(settings).get_run(run_id) is None:
-        click.echo(f"error: unknown run '{run_id}'", err=True)
-        sys.exit(EXIT_UNKNOWN_RUN)
 
 
 @click.group()
@@ -41,12 +32,11 @@ def artifacts() -> None:
 def list_artifacts(run_id: str, fmt: str, show_all: bool) -> None:
     """What a run stored: one line per job artifact (and, with --all, source and logs)."""
     from coordinator.artifact_view import record_json
-    from coordinator.cli.options import cli_settings
+    from coordinator.cli.options import open_run_store
     from coordinator.status_view import text_table
-    from worker.logs import human_size
+    from shared.units import human_size
 
-    settings = cli_settings()
-    _known_run(settings, run_id)
+    settings, _ = open_run_store(run_id)
     _, index = _open(settings)
     records = [r for r in index.get(run_id) if show_all or r.kind == "artifact"]
     if fmt == "json":
@@ -67,12 +57,11 @@ def list_artifacts(run_id: str, fmt: str, show_all: bool) -> None:
 @click.option("--log", "want_log", is_flag=True, help="Fetch the job's archived full log instead.")
 def get(run_id: str, job: str, output: str | None, want_log: bool) -> None:
     """Download a job's artifacts (verified, paths checked) into a directory."""
-    from coordinator.cli.options import cli_settings
+    from coordinator.cli.options import open_run_store
     from shared.artifacts.publish import fetch_record
     from worker.workspace import workspace_path
 
-    settings = cli_settings()
-    _known_run(settings, run_id)
+    settings, _ = open_run_store(run_id)
     store, index = _open(settings)
     records = index.get(run_id, job, "log" if want_log else "artifact")
     if not records:

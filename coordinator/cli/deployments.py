@@ -14,9 +14,8 @@ from typing import Any
 
 import click
 
-from coordinator.cli.options import cli_settings, open_cli_store
+from coordinator.cli.options import open_run_store
 
-EXIT_UNKNOWN_RUN = 3
 EXIT_REFUSED = 1
 
 
@@ -32,11 +31,7 @@ by_option = click.option("--by", "by", default=None, metavar="NAME", help="Who a
 
 def _open(run_id: str) -> tuple[Any, Any, dict]:
     """(settings, state store, plan dict); exit 3 when the run is unknown."""
-    settings = cli_settings()
-    store = open_cli_store(settings)
-    if store.get_run(run_id) is None:
-        click.echo(f"error: unknown run '{run_id}'", err=True)
-        sys.exit(EXIT_UNKNOWN_RUN)
+    settings, store = open_run_store(run_id)
     return settings, store, store.get_plan(run_id)
 
 

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 
 import click
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+EXIT_UNKNOWN_RUN = 3
 
 var_option = click.option(
     "--var", "variables", multiple=True, metavar="K=V",
@@ -44,3 +46,13 @@ def open_cli_store(settings):
     if settings.embedded:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     return open_state(settings.effective_state_url)
+
+
+def open_run_store(run_id: str):
+    """(settings, state store) for a command about one run; exit 3 when the run is unknown."""
+    settings = cli_settings()
+    store = open_cli_store(settings)
+    if store.get_run(run_id) is None:
+        click.echo(f"error: unknown run '{run_id}'", err=True)
+        sys.exit(EXIT_UNKNOWN_RUN)
+    return settings, store

@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from coordinator.cli.options import cli_settings, open_cli_store, parse_vars, var_option
-
-EXIT_UNKNOWN_RUN = 3
+from coordinator.cli.options import (
+    EXIT_UNKNOWN_RUN, cli_settings, open_cli_store, open_run_store, parse_vars, var_option,
+)
 
 
 def _compile(file: str, parameters: dict[str, str]):
@@ -114,11 +114,7 @@ def status(run_id: str, fmt: str) -> None:
     """Run and job states."""
     from coordinator import status_view
 
-    settings = cli_settings()
-    store = open_cli_store(settings)
-    if store.get_run(run_id) is None:
-        click.echo(f"error: unknown run '{run_id}'", err=True)
-        sys.exit(EXIT_UNKNOWN_RUN)
+    settings, store = open_run_store(run_id)
     if fmt == "json":
         from coordinator.artifact_view import members_by_job
         from shared.artifacts import open_store
@@ -152,10 +148,7 @@ def logs(run_id: str, job: str | None, follow_: bool, fmt: str) -> None:
     """Job logs (all jobs in plan order, or one)."""
     from coordinator.follow import follow_logs
 
-    store = open_cli_store(cli_settings())
-    if store.get_run(run_id) is None:
-        click.echo(f"error: unknown run '{run_id}'", err=True)
-        sys.exit(EXIT_UNKNOWN_RUN)
+    _, store = open_run_store(run_id)
     if job is not None and job not in store.get_jobs(run_id):
         click.echo(f"error: run '{run_id}' has no job '{job}'", err=True)
         sys.exit(EXIT_UNKNOWN_RUN)
@@ -166,10 +159,7 @@ def logs(run_id: str, job: str | None, follow_: bool, fmt: str) -> None:
 @click.argument("run_id")
 def cancel(run_id: str) -> None:
     """Stop running jobs (within 10 s) and cancel the rest."""
-    store = open_cli_store(cli_settings())
-    if store.get_run(run_id) is None:
-        click.echo(f"error: unknown run '{run_id}'", err=True)
-        sys.exit(EXIT_UNKNOWN_RUN)
+    _, store = open_run_store(run_id)
     running = store.request_cancel(run_id)
     click.echo(f"run {run_id}: cancel requested" + (f"; stopping {', '.join(running)}" if running else ""))
 
