@@ -46,6 +46,8 @@ from typing import Any, Callable, Iterator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.services import free_port  # noqa: E402
+
 MB = 1024 * 1024
 BUCKET = "conveyor-bench"
 SMALL_SIZES = (1024, 8192)  # bytes, inclusive
@@ -64,11 +66,6 @@ AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def seconds(value: float) -> str:

@@ -22,7 +22,6 @@ import argparse
 import heapq
 import http.client
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,9 @@ from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tests.deploy.services import haproxy_config  # noqa: E402
+from tests.services import free_port  # noqa: E402
 
 from deploy import engine  # noqa: E402
 from deploy.config import load_config  # noqa: E402
@@ -49,11 +51,6 @@ CTL = ROOT / "examples" / "demo-app" / "ctl.py"
 PY = sys.executable
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 class Site:
     """haproxy with backend `web` (web1, web2) and demo-app state in one temporary directory."""
@@ -65,27 +62,8 @@ class Site:
         self.socket = tmp / "haproxy.sock"
         os.environ["DEMO_STATE_DIR"] = str(tmp / "apps")
         config = tmp / "haproxy.cfg"
-        config.write_text(f"""global
-    stats socket {self.socket} mode 600 level admin
-defaults
-    mode http
-    timeout connect 1s
-    timeout client 30s
-    timeout server 30s
-    timeout queue 5s
-    option redispatch
-    retries 3
-    retry-on conn-failure empty-response
-frontend web
-    bind 127.0.0.1:{self.frontend}
-    default_backend web
-backend web
-    balance roundrobin
-    option httpchk GET /healthz
-    default-server check inter 300 rise 1 fall 2
-    server web1 127.0.0.1:{self.ports['web1']}
-    server web2 127.0.0.1:{self.ports['web2']}
-""")
+        config.write_text(haproxy_config(self.socket, self.frontend, {
+            name: f"127.0.0.1:{self.ports[name]}" for name in ("web1", "web2")}))
         self.proc = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,8 +43,9 @@ from typing import Callable, Iterator, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.services import start_redis  # noqa: E402
+
 IMAGE = "conveyor-test/busybox"
-REDIS_SERVER = "/usr/bin/redis-server"
 BARE_QUEUE = "bench-bare"
 BARE_TASK = "bench.stamp"
 READY_TIMEOUT = 60.0
@@ -75,11 +75,6 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 10.0) -> None:
     """Signal a process started with start_new_session=True and everything it spawned."""
@@ -101,27 +96,8 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 
 @contextmanager
 def redis_server(directory: Path) -> Iterator[str]:
     """A throwaway redis-server (no persistence) on a free port; yields its URL (db 0)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(directory)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    proc, port = start_redis(directory)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not answer within 10 s")
-            time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         kill_group(proc)

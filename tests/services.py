@@ -12,7 +12,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
 
 REDIS_SERVER = "/usr/bin/redis-server"
 BUSYBOX_IMAGE = "conveyor-test/busybox"
@@ -36,7 +35,8 @@ def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> 
 
 
 def start_redis(tmp: Path, *extra: str, port: int | None = None) -> tuple[subprocess.Popen, int]:
-    """Start a throwaway redis-server; fail the test (never skip) if it does not answer."""
+    """Start a throwaway redis-server in its own session; RuntimeError (a failing test, never a
+    skip) if it does not answer. Benchmarks use it too."""
     port = port or free_port()
     try:
         proc = subprocess.Popen(
@@ -44,13 +44,14 @@ def start_redis(tmp: Path, *extra: str, port: int | None = None) -> tuple[subpro
              "--dir", str(tmp), *extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
     except OSError as exc:
-        pytest.fail(f"cannot start {REDIS_SERVER}: {exc}")
+        raise RuntimeError(f"cannot start {REDIS_SERVER}: {exc}") from None
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"redis-server exited with {proc.returncode}")
+            raise RuntimeError(f"redis-server exited with {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
                 sock.sendall(b"PING\r\n")
@@ -59,7 +60,7 @@ def start_redis(tmp: Path, *extra: str, port: int | None = None) -> tuple[subpro
         except OSError:
             time.sleep(0.05)
     proc.kill()
-    pytest.fail("redis-server did not answer within 10 s")
+    raise RuntimeError("redis-server did not answer within 10 s")
 
 
 def ensure_busybox_image(docker_client) -> str:
