@@ -1,6 +1,7 @@
 """A real cluster per test: its own redis-server, worker processes and the `conveyor` CLI."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -120,13 +121,20 @@ def executor(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, executor: str) -> Iterator[Cluster]:
-    proc, port = start_redis(tmp_path)
-    cluster = Cluster(tmp_path, port, executor)
+@contextlib.contextmanager
+def running_cluster(tmp: Path, executor: str, cls: type[Cluster] = Cluster) -> Iterator[Cluster]:
+    """A redis-server of its own and a `cls` cluster on it; every worker and Redis stopped after."""
+    proc, port = start_redis(tmp)
+    cluster = cls(tmp, port, executor)
     try:
         yield cluster
     finally:
         cluster.stop()
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, executor: str) -> Iterator[Cluster]:
+    with running_cluster(tmp_path, executor) as cluster:
+        yield cluster

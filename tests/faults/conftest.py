@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 
 from tests.faults.cluster import ReapingCluster
-from tests.services import start_redis
+from tests.e2e.conftest import running_cluster
 
 _ROWS: list["FaultRow"] = []
 
@@ -66,12 +66,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 @pytest.fixture
 def fault_cluster(tmp_path: Path) -> Iterator[ReapingCluster]:
-    """Redis of its own, local executor, workers with the reaper (added with `.worker()`)."""
-    proc, port = start_redis(tmp_path)
-    cluster = ReapingCluster(tmp_path, port, "local")
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        proc.terminate()
-        proc.wait(timeout=10)
+    """Redis of its own, local executor, workers (with their reaper) added with `.worker()`."""
+    with running_cluster(tmp_path, "local", ReapingCluster) as cluster:
+        yield cluster  # type: ignore[misc]

@@ -449,16 +449,11 @@ def wait_running(url: str, run_id: str, job: str, timeout: float = 30) -> None:
 
 @pytest.fixture
 def reaping_cluster(tmp_path: Path):
+    from tests.e2e.conftest import running_cluster
     from tests.faults.cluster import ReapingCluster
 
-    proc, port = start_redis(tmp_path)
-    cluster = ReapingCluster(tmp_path, port, "local")
-    try:
+    with running_cluster(tmp_path, "local", ReapingCluster) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.mark.slow
