@@ -1,6 +1,7 @@
 """Session-wide real services shared by every test directory."""
 from __future__ import annotations
 
+import uuid
 from typing import Iterator
 
 import pytest
@@ -45,3 +46,13 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A fresh bucket on the session's S3 server."""
+    from shared.artifacts.s3 import make_client
+
+    name = f"conveyor-test-{uuid.uuid4().hex[:12]}"
+    make_client(s3_endpoint).create_bucket(Bucket=name)
+    return name

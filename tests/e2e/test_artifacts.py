@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import uuid
 
 import pytest
 
@@ -26,16 +25,9 @@ def executor() -> str:
 
 
 @pytest.fixture
-def bucket(s3_endpoint: str) -> str:
-    name = f"conveyor-e2e-{uuid.uuid4().hex[:10]}"
-    make_client(s3_endpoint).create_bucket(Bucket=name)
-    return name
-
-
-@pytest.fixture
-def s3_cluster(cluster, s3_endpoint: str, bucket: str):
+def s3_cluster(cluster, s3_endpoint: str, s3_bucket: str):
     cluster.env.update({
-        "CONVEYOR_ARTIFACTS_URL": f"s3://{bucket}/ci",
+        "CONVEYOR_ARTIFACTS_URL": f"s3://{s3_bucket}/ci",
         "CONVEYOR_S3_ENDPOINT_URL": s3_endpoint,
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
     })
@@ -115,7 +107,7 @@ def test_artifacts_and_source_travel_between_workers_and_dedupe(s3_cluster) -> N
     assert (out / "out" / "big.bin").stat().st_size == BIG_MB * 1000 * 1000
 
 
-def test_a_flipped_byte_fails_the_download_and_verify(s3_cluster, s3_endpoint: str, bucket: str) -> None:
+def test_a_flipped_byte_fails_the_download_and_verify(s3_cluster, s3_endpoint: str, s3_bucket: str) -> None:
     pipeline = s3_cluster.pipeline("""
         name: rot
         jobs:
@@ -132,9 +124,9 @@ def test_a_flipped_byte_fails_the_download_and_verify(s3_cluster, s3_endpoint: s
     digest = status["jobs"]["make"]["artifacts"][0]["sha256"]
     client = make_client(s3_endpoint)
     key = f"ci/cas/{digest[:2]}/{digest[2:4]}/{digest}"
-    data = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    data = bytearray(client.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
     data[3] ^= 0xFF
-    client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+    client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(data))
 
     # The same content again is a dedup hit on the rotten object; the download catches it.
     second = s3_cluster.submit(pipeline)

@@ -2,24 +2,16 @@
 bucket of its own in a session-wide `moto_server` (fails, never skips, when it cannot start)."""
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
 
 from shared.artifacts import open_store
 from shared.artifacts.filesystem import FilesystemStore
-from shared.artifacts.s3 import S3Store, make_client
+from shared.artifacts.s3 import S3Store
 from tests.services import TEST_PART_SIZE
 
 FAST_RETRY = {"retries": 2, "backoff": 0.001}
-
-
-@pytest.fixture
-def s3_bucket(s3_endpoint: str) -> str:
-    name = f"conveyor-test-{uuid.uuid4().hex[:12]}"
-    make_client(s3_endpoint).create_bucket(Bucket=name)
-    return name
 
 
 @pytest.fixture
