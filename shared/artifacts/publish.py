@@ -7,12 +7,13 @@ see a record whose objects are missing).
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from shared.artifacts.base import ObjectInfo, ObjectStore
+from shared.artifacts.base import ObjectInfo, ObjectStore, hash_file
 from shared.artifacts.index.base import TOMBSTONE_TTL_S, ArtifactIndex, ArtifactRecord
 from shared.artifacts.manifest import DEFAULT_WORKERS, Manifest, ManifestEntry, _parallel, download_tree
 
@@ -27,7 +28,7 @@ def publish_manifest(store: ObjectStore, index: ArtifactIndex, root: Path, manif
     filled in here.
     """
     data = manifest.to_bytes()
-    manifest_info = ObjectInfo(_sha256(data), len(data))
+    manifest_info = ObjectInfo(hashlib.sha256(data).hexdigest(), len(data))
     unique: dict[str, ManifestEntry] = {}
     for entry in manifest.files:
         unique.setdefault(entry.sha256, entry)  # type: ignore[arg-type]
@@ -55,8 +56,6 @@ def publish_manifest(store: ObjectStore, index: ArtifactIndex, root: Path, manif
 
 def publish_file(store: ObjectStore, index: ArtifactIndex, path: Path, record: ArtifactRecord) -> ArtifactRecord:
     """Store one file (a job's log) as its own record; `manifest` is the file's digest."""
-    from shared.artifacts.base import hash_file
-
     info = hash_file(path)
     record = replace(record, manifest=info.digest, size=info.size, files=1, complete=False)
     dying = index.reserve(record, [info.digest])
@@ -81,9 +80,3 @@ def _wait_for_tombstones(index: ArtifactIndex, digests: Sequence[str] | set[str]
     while pending and time.monotonic() < deadline:
         time.sleep(TOMBSTONE_POLL_S)
         pending = index.tombstoned(sorted(pending))
-
-
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
