@@ -41,7 +41,7 @@ def context(settings: Settings):
                     expire_in_s=settings.artifacts_expire_in,
                 ),
                 store=open_state(settings.effective_state_url),
-                executor=select_executor(settings.executor),
+                executor=select_executor(settings.executor, settings.data_dir),
                 worker_name=worker_name(settings),
                 data_dir=settings.data_dir,
                 lease_seconds=settings.lease_seconds,

@@ -47,7 +47,15 @@ def worker(queues: str, concurrency: int, name: str | None, metrics_port: int | 
     app = create_app(settings)
     tasks.register(app)
     hostname = name or tasks.worker_name(settings)
-    executor = tasks.context(settings).executor
+    from worker.executors import InfrastructureError
+
+    try:
+        executor = tasks.context(settings).executor
+        # Step containers mount workspaces by host path: a containerised worker whose data
+        # directory the engine cannot see would fail every job as if its script were wrong.
+        executor.check_data_dir(settings.data_dir)
+    except InfrastructureError as exc:
+        raise click.ClickException(str(exc)) from None
     # Containers a previous life of this worker left behind (it was killed mid-job) carry
     # its name in their labels: remove them before taking new work.
     reaped = executor.reap_orphans(hostname)

@@ -7,6 +7,7 @@ executor follows is in ``worker.executors.base`` and ``docs/executors.md``.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from worker.executors.base import (
     Executor,
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 # Long enough for a healthy local engine, short enough that a worker without Docker
 # starts at once.
 PING_TIMEOUT = 1.0
+# Under the data directory: per-job scripts and homes, beside workspaces/ and logs/.
+JOBS_DIR = "jobs"
 
 __all__ = [
     "Executor",
@@ -38,8 +41,12 @@ __all__ = [
 ]
 
 
-def select_executor(name: str | None) -> Executor:
+def select_executor(name: str | None, data_dir: Path | None = None) -> Executor:
     """The executor named by ``CONVEYOR_EXECUTOR``: ``"docker"``, ``"local"`` or None.
+
+    Job directories (scripts, homes) go under ``data_dir/jobs``: the worker's data
+    directory is the one path a containerised worker shares with the engine's host
+    (the system temp directory is not); ``None`` keeps them in the temp directory.
 
     None (or empty) picks Docker when an engine answers a ping within a second, else the
     local executor with one warning saying so. Naming ``"docker"`` when no engine answers
@@ -49,13 +56,14 @@ def select_executor(name: str | None) -> Executor:
     # Imported here so that choosing "local" never needs the docker SDK to import cleanly.
     from worker.executors.local import LocalExecutor
 
+    jobs_root = data_dir / JOBS_DIR if data_dir is not None else None
     choice = (name or "").strip().lower()
     if choice == "local":
-        return LocalExecutor()
+        return LocalExecutor(scripts_root=jobs_root)
     if choice == "docker":
         from worker.executors.docker import DockerExecutor, connect
 
-        return DockerExecutor(connect())
+        return DockerExecutor(connect(), scripts_root=jobs_root)
     if choice:
         raise ValueError(
             f"unknown executor {name!r} (CONVEYOR_EXECUTOR must be 'docker' or 'local')"
@@ -71,5 +79,5 @@ def select_executor(name: str | None) -> Executor:
             "CONVEYOR_EXECUTOR=local to choose explicitly.",
             exc,
         )
-        return LocalExecutor()
-    return DockerExecutor(connect())
+        return LocalExecutor(scripts_root=jobs_root)
+    return DockerExecutor(connect(), scripts_root=jobs_root)

@@ -213,6 +213,11 @@ class Executor(Protocol):
     def reap_orphans(self, worker_name: str) -> int:
         """Remove what a previous life of this worker left behind; returns how many."""
 
+    def check_data_dir(self, data_dir: Path) -> None:
+        """Called once at worker start, before any job: raise InfrastructureError (one line
+        naming the path and why) when steps could not see ``data_dir``, where workspaces
+        and job directories live. Safe to call again."""
+
 
 def exit_code_of(returncode: int) -> int:
     """A process status as a shell reports it: death by signal N becomes 128 + N."""

@@ -22,6 +22,7 @@ from typing import Any
 import docker
 import docker.errors
 import requests.exceptions
+from docker.types import Mount
 
 from worker.executors.base import (
     DEFAULT_MAX_LINE_CHARS,
@@ -38,6 +39,7 @@ from worker.executors.base import (
     classify,
     resolve_working_directory,
 )
+from worker.executors.engine_paths import check_engine_sees
 from worker.executors.scripts import SHELL, script_name, write_script
 from worker import metrics
 
@@ -179,6 +181,11 @@ class DockerExecutor:
         self._dirs.remove(job)
         if failures:
             raise InfrastructureError("; ".join(failures))
+
+    def check_data_dir(self, data_dir: Path) -> None:
+        """Prove the engine bind-mounts ``data_dir`` as this process sees it (see
+        ``worker.executors.engine_paths``); the worker refuses to start otherwise."""
+        check_engine_sees(self._api, data_dir)
 
     def reap_orphans(self, worker_name: str) -> int:
         """Force-remove containers labelled with this worker that this instance did not start."""
@@ -444,10 +451,13 @@ class DockerExecutor:
             "command": [f"{SCRIPTS_MOUNT}/{script_name(step.index)}"],
             "environment": dict(step.env),
             "working_dir": str(PurePosixPath(WORKSPACE_MOUNT) / relative),
-            "volumes": {
-                str(workspace): {"bind": WORKSPACE_MOUNT, "mode": "rw"},
-                str(scripts): {"bind": SCRIPTS_MOUNT, "mode": "ro"},
-            },
+            # Mounts, not `volumes`: for a host path it cannot see, the engine then refuses
+            # the container (an infrastructure error) instead of creating an empty
+            # directory and letting the step fail as if the user's script were wrong.
+            "mounts": [
+                Mount(WORKSPACE_MOUNT, str(workspace), type="bind"),
+                Mount(SCRIPTS_MOUNT, str(scripts.resolve()), type="bind", read_only=True),
+            ],
             "labels": {
                 LABEL_RUN: job.run_id,
                 LABEL_JOB: job.job,

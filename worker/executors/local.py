@@ -268,6 +268,9 @@ class LocalExecutor:
                 proc.wait()
         self._dirs.remove(job)
 
+    def check_data_dir(self, data_dir: Path) -> None:
+        """Steps are processes of this host: they see the data directory as the worker does."""
+
     def reap_orphans(self, worker_name: str) -> int:
         """Kill the step sessions a previous life of this worker left running; how many.
 
