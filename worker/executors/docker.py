@@ -166,8 +166,8 @@ class DockerExecutor:
         try:
             with _engine("list containers"):
                 for container in self._labelled(job.worker_name, job.run_id):
-                    if container.labels.get(LABEL_JOB) == job.job:
-                        ids.add(container.id)
+                    if (container.get("Labels") or {}).get(LABEL_JOB) == job.job:
+                        ids.add(container["Id"])
         except InfrastructureError as exc:
             failures.append(str(exc))
         for container_id in ids:
@@ -194,20 +194,26 @@ class DockerExecutor:
         removed = 0
         with _engine("reap orphan containers"):
             for container in self._labelled(worker_name):
-                if container.id in ours:
+                if container["Id"] in ours:
                     continue
                 try:
-                    container.remove(force=True, v=True)
+                    self._api.remove_container(container["Id"], force=True, v=True)
                 except docker.errors.NotFound:
                     continue
                 removed += 1
         return removed
 
-    def _labelled(self, worker_name: str, run_id: str | None = None) -> list[Any]:
+    def _labelled(self, worker_name: str, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Summaries (``Id``, ``Labels``) of this worker's containers, one engine call.
+
+        The low-level list on purpose: ``client.containers.list`` inspects each container
+        afterwards, and one removed meanwhile by another job's cleanup (two jobs of a run
+        finishing together) raised NotFound, which left this job's containers behind.
+        """
         labels = [f"{LABEL_WORKER}={worker_name}"]
         if run_id is not None:
             labels.append(f"{LABEL_RUN}={run_id}")
-        return self._client.containers.list(all=True, filters={"label": labels})
+        return self._api.containers(all=True, filters={"label": labels})
 
     # -- steps ---------------------------------------------------------------------------
 

@@ -129,6 +129,36 @@ def test_cleanup_removes_a_still_running_step(executor, job, step, docker_client
 
 
 @pytest.mark.slow
+def test_jobs_of_one_run_cleaned_up_together_leave_no_container(executor, docker_client, job, step):
+    """Matrix jobs of one run often end at once on one worker: each cleanup lists the run's
+    containers while the others remove theirs. Three rounds, since it is a race."""
+    import threading
+
+    for round_ in range(3):
+        run = replace(job, run_id=f"{job.run_id}-{round_}")
+        jobs = [replace(run, job=f"shard[{n}]") for n in range(8)]
+        for each in jobs:
+            executor.wait(executor.start(each, step("true")))
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(len(jobs))
+
+        def clean(each) -> None:
+            barrier.wait()
+            try:
+                executor.cleanup(each)
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=clean, args=(each,)) for each in jobs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == []
+        assert _run_label_containers(docker_client, run.run_id) == []
+
+
+@pytest.mark.slow
 def test_reap_orphans_removes_only_this_workers_leftovers(docker_client, job, step, tmp_path):
     previous_life = DockerExecutor(docker_client, scripts_root=tmp_path / "old")
     other_worker = replace(job, worker_name=f"other-{uuid.uuid4().hex[:6]}")
