@@ -12,12 +12,19 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/conveyor
+# Dependencies first, pinned to the tested set (.ci/constraints.txt), in their own layer:
+# a change to Conveyor's code rebuilds only the layers below.
 COPY pyproject.toml README.md ./
+COPY .ci/constraints.txt /opt/conveyor/constraints.txt
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > /tmp/requirements.txt \
+ && pip install --no-cache-dir -r /tmp/requirements.txt -c constraints.txt \
+ && rm /tmp/requirements.txt
 COPY coordinator coordinator
 COPY worker worker
 COPY shared shared
 COPY deploy deploy
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --no-deps .
 
 # Non-root by default (Flower, ad-hoc commands). The compose file runs workers as root
 # because they drive the host's Docker socket, which is root-equivalent anyway.

@@ -24,7 +24,9 @@ SECRETS = {
     "CONVEYOR_S3_ACCESS_KEY": "conveyor-ak",
     "CONVEYOR_S3_SECRET_KEY": "conveyor-sk-123",
 }
-OPTIONAL = ("CONVEYOR_HOST_DATA_DIR", "CONVEYOR_WORKER_CONCURRENCY", "CONVEYOR_LOG_FORMAT", "CONVEYOR_FLOWER_BIND")
+OPTIONAL = ("CONVEYOR_HOST_DATA_DIR", "CONVEYOR_WORKER_CONCURRENCY", "CONVEYOR_LOG_FORMAT", "CONVEYOR_FLOWER_BIND",
+            "CONVEYOR_FLOWER_PORT", "CONVEYOR_WORKERS", "CONVEYOR_METRICS_BIND", "CONVEYOR_DEMO_BIND",
+            "CONVEYOR_DEMO_PORT", "CONVEYOR_MINIO_CONSOLE_PORT", "CONVEYOR_LEASE_SECONDS")
 
 
 def compose_config(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
@@ -56,14 +58,15 @@ def volume_pairs(service: dict) -> list[tuple[str, str]]:
 @pytest.mark.slow
 def test_every_service_is_defined_with_its_profile(config: dict) -> None:
     services = config["services"]
-    assert {"redis", "minio", "minio-init", "worker", "flower", "cli", "haproxy", "prometheus"} <= set(services)
+    assert {"redis", "minio", "minio-init", "worker", "deployer", "flower", "cli", "haproxy",
+            "prometheus"} <= set(services)
     assert services["cli"]["profiles"] == ["cli"]
     assert services["haproxy"]["profiles"] == ["demo"]
     assert services["prometheus"]["profiles"] == ["metrics"]
     assert services["haproxy"]["image"].startswith("haproxy:2.8")
     assert any(target == "/usr/local/etc/haproxy/haproxy.cfg" and source.endswith("examples/demo-app/haproxy.cfg")
                for source, target in volume_pairs(services["haproxy"]))
-    assert any(source.endswith("examples/prometheus.yml") for source, _ in volume_pairs(services["prometheus"]))
+    assert any(source.endswith("deploy/compose/prometheus.yml") for source, _ in volume_pairs(services["prometheus"]))
 
 
 @pytest.mark.slow
@@ -82,7 +85,7 @@ def test_redis_requires_the_password_and_persists(config: dict) -> None:
     assert command[command.index("--appendonly") + 1] == "yes"
     assert ("redis-data", "/data") in volume_pairs(redis)
     assert "redis-data" in config["volumes"]
-    for name in ("worker", "flower", "cli"):
+    for name in ("worker", "deployer", "flower", "cli"):
         assert config["services"][name]["environment"]["CONVEYOR_BROKER_URL"] == "redis://:redis-pw@redis:6379/0"
     assert "redis-pw" not in " ".join(redis["healthcheck"]["test"])  # not on a command line `ps` shows
 
@@ -102,7 +105,7 @@ def test_minio_bucket_is_created_before_workers_start(config: dict) -> None:
 
 @pytest.mark.slow
 def test_workers_and_cli_keep_artifacts_on_minio(config: dict) -> None:
-    for name in ("worker", "cli"):
+    for name in ("worker", "deployer", "cli"):
         env = config["services"][name]["environment"]
         assert env["CONVEYOR_ARTIFACTS_URL"] == "s3://conveyor/artifacts"
         assert env["CONVEYOR_S3_ENDPOINT_URL"] == "http://minio:9000"
@@ -117,35 +120,57 @@ def test_flower_demands_auth(config: dict) -> None:
     assert flower["environment"]["CONVEYOR_FLOWER_AUTH"] == "admin:flower-pw"
     assert "--no-auth" not in flower["command"]
     [port] = flower["ports"]
-    published = port if isinstance(port, str) else f"{port.get('host_ip', '')}:{port['published']}:{port['target']}"
-    assert published.startswith("127.0.0.1:5555:5555")
+    assert _published(port).startswith("127.0.0.1:5555:5555")
+
+
+def _published(port: Any) -> str:
+    """A port mapping as `host_ip:published:target`, however Compose rendered it."""
+    if isinstance(port, str):
+        return port.removesuffix("/tcp")
+    return f"{port.get('host_ip', '')}:{port.get('published', '')}:{port['target']}"
 
 
 @pytest.mark.slow
 def test_workers_scale_with_docker_socket_metrics_and_same_path_workspaces(tmp_path: Path, config: dict) -> None:
     worker = config["services"]["worker"]
     assert "container_name" not in worker  # `--scale worker=4` would collide
-    assert not worker.get("ports")  # a fixed host port would collide too; Prometheus uses the network
-    assert "9100" in [str(p) for p in worker["expose"]]
+    assert worker["scale"] == 2  # CONVEYOR_WORKERS, so `--profile metrics up -d` keeps the count
+    # metrics on an ephemeral loopback port per replica: no fixed host port to collide on
+    assert [_published(p) for p in worker["ports"]] == ["127.0.0.1::9100"]
     assert worker["environment"]["CONVEYOR_METRICS_PORT"] == "9100"
+    assert worker["command"][:3] == ["worker", "--queues", "jobs"]  # ticks go to the deployer
     pairs = volume_pairs(worker)
     assert ("/var/run/docker.sock", "/var/run/docker.sock") in pairs
     data_dir = worker["environment"]["CONVEYOR_DATA_DIR"]
     assert (data_dir, data_dir) in pairs
     # moving the data directory moves both sides of the mount together
-    moved = compose_config(tmp_path, **SECRETS, CONVEYOR_HOST_DATA_DIR="/srv/conveyor")
+    moved = compose_config(tmp_path, **SECRETS, CONVEYOR_HOST_DATA_DIR="/srv/conveyor", CONVEYOR_WORKERS="5")
     assert moved.returncode == 0, moved.stderr
-    moved_worker = yaml.safe_load(moved.stdout)["services"]["worker"]
-    assert moved_worker["environment"]["CONVEYOR_DATA_DIR"] == "/srv/conveyor"
-    assert ("/srv/conveyor", "/srv/conveyor") in volume_pairs(moved_worker)
+    moved_services = yaml.safe_load(moved.stdout)["services"]
+    for name in ("worker", "deployer"):
+        assert moved_services[name]["environment"]["CONVEYOR_DATA_DIR"] == "/srv/conveyor"
+        assert ("/srv/conveyor", "/srv/conveyor") in volume_pairs(moved_services[name])
+    assert moved_services["worker"]["scale"] == 5
+
+
+@pytest.mark.slow
+def test_one_deployer_runs_every_tick_and_the_demo_haproxy_shares_its_network(config: dict) -> None:
+    services = config["services"]
+    deployer, haproxy = services["deployer"], services["haproxy"]
+    assert deployer["command"][:3] == ["worker", "--queues", "deploy"]
+    assert deployer.get("scale", 1) == 1
+    assert haproxy["network_mode"] == "service:deployer"
+    assert ("demo-run", "/tmp/conveyor-demo") in volume_pairs(deployer)
+    assert ("demo-run", "/tmp/conveyor-demo") in volume_pairs(haproxy)
+    assert "127.0.0.1:8080:8080" in [_published(p) for p in deployer["ports"]]
 
 
 def test_env_example_names_every_required_variable() -> None:
     example = (ROOT / ".env.example").read_text()
     defined = {line.split("=", 1)[0] for line in example.splitlines() if line and not line.startswith("#")}
     assert set(SECRETS) <= defined
-    prometheus = yaml.safe_load((ROOT / "examples" / "prometheus.yml").read_text())
+    prometheus = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
-    assert jobs["conveyor-workers"]["dns_sd_configs"][0] == {"names": ["worker"], "type": "A", "port": 9100,
+    assert jobs["conveyor-workers"]["dns_sd_configs"][0] == {"names": ["worker", "deployer"], "type": "A", "port": 9100,
                                                              "refresh_interval": "15s"}
     assert jobs["flower"]["static_configs"][0]["targets"] == ["flower:5555"]

@@ -31,7 +31,8 @@ def validate(files: tuple[str, ...], variables: tuple[str, ...], fmt: str) -> No
         else:
             _report(result.diagnostics)
             if result.ok:
-                click.echo(f"{file}: valid ({len(result.plan.jobs)} jobs)")
+                count = len(result.plan.jobs)
+                click.echo(f"{file}: valid ({count} job{'' if count == 1 else 's'})")
     if fmt == "json":
         import json
 
