@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -290,8 +291,8 @@ def test_remote_workers_reach_redis_and_s3_over_tls_only(cluster: ComposeCluster
     [run_id] = cluster.runs[:1]
 
     def conveyor(*args: str, env: dict[str, str] = remote) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([shutil.which("conveyor") or "conveyor", *args], env=env, capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run([sys.executable, "-m", "coordinator", *args], env=env, capture_output=True,
+                              text=True, timeout=120, cwd=ROOT)
 
     # Redis came back with the TLS port: what a remote worker sees is the cluster's state
     status = _wait(lambda: conveyor("status", run_id, "--format", "json").returncode == 0, 60,

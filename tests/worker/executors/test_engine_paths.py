@@ -9,7 +9,6 @@ as a worker container without the bind mount would.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -129,7 +128,7 @@ def test_worker_refuses_to_start_when_the_engine_cannot_see_its_data_dir(tmp_pat
     env = {**os.environ, "PYTHONPATH": str(REPO), "CONVEYOR_BROKER_URL": redis_url,
            "CONVEYOR_DATA_DIR": str(data_dir), "CONVEYOR_EXECUTOR": "docker"}
     data_dir.mkdir()
-    shell = (f"mount -t tmpfs tmpfs {data_dir} && exec {shutil.which('conveyor')} worker "
+    shell = (f"mount -t tmpfs tmpfs {data_dir} && cd {REPO} && exec {sys.executable} -m coordinator worker "
              "--concurrency 1")
     result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", shell],
                             capture_output=True, text=True, timeout=120, env=env)
