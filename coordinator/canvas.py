@@ -5,6 +5,9 @@ chord. Signatures are immutable (`si`): job tasks read their inputs from the sta
 never from upstream return values, and never raise for a job failure, so a failed job does
 not break the canvas (no ChordError); each job decides from its dependencies' recorded
 statuses whether it runs or is skipped.
+
+The submitter never waits for results (it follows the run in the state store), so
+`send_canvas` lets go of the results Celery watches for it: see `release_results`.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import Any, Mapping
 
 from celery import Celery, chain, group
 from celery.canvas import Signature
+from celery.result import AsyncResult, ResultBase, ResultSet
 
 from shared.celery_app import DEPLOY_QUEUE, JOBS_QUEUE, RUN_JOB_TASK
 from shared.plan import Plan
@@ -32,3 +36,48 @@ def build_canvas(app: Celery, plan: Plan, run_id: str) -> Signature:
         return chain(*parts) if "series" in node else group(*parts)
 
     return build(plan.structure)
+
+
+def send_canvas(app: Celery, plan: Plan, run_id: str) -> None:
+    """Send the run's canvas to the broker, keeping nothing of it in this process."""
+    release_results(app, build_canvas(app, plan, run_id).apply_async())
+
+
+def release_results(app: Celery, result: ResultBase | None) -> None:
+    """Stop this process watching every result of a sent canvas.
+
+    Sending a group (or chord) makes Celery wait for its members' results in the
+    sender: each is registered with the result backend, which keeps it alive and, on
+    Redis, subscribes to its pub/sub channel. Left there until the interpreter exits,
+    their `__del__` unsubscribes while Python is shutting down, which fails with
+    "Exception ignored in: AsyncResult.__del__ ... ImportError: sys.meta_path is None".
+    Unsubscribing here, while the process is alive, leaves nothing to do at exit.
+
+    Celery may register several result objects for one task (a chord freezes its header
+    more than once), and only the returned graph's are reachable here: so every task id
+    is also unsubscribed as such, which turns the others' late `__del__` into a no-op.
+    """
+    backend = app.backend
+    consumer = getattr(backend, "result_consumer", None)  # async backends (Redis) only
+    for node in _async_results(result):
+        backend.remove_pending_result(node)
+        if consumer is not None:
+            consumer.cancel_for(node.id)
+
+
+def _async_results(result: ResultBase | None) -> list[AsyncResult]:
+    """Every task result in a sent canvas' result graph (group members, parents)."""
+    found: list[AsyncResult] = []
+    seen: set[int] = set()
+    stack: list[Any] = [result]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, ResultSet):  # a group's results (GroupResult)
+            stack.extend(node.results)
+        elif isinstance(node, AsyncResult):
+            found.append(node)
+        stack.append(getattr(node, "parent", None))
+    return found

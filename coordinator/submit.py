@@ -42,7 +42,7 @@ def submit(app, store, run_id: str, plan: Plan, pipeline_file: str | Path, param
     workers on any machine build exactly these files; without, workers copy it from its path
     (one machine only).
     """
-    from coordinator.canvas import build_canvas
+    from coordinator.canvas import send_canvas
     from shared.state.base import JobMeta
 
     source_dir = (Path(source) if source else Path(pipeline_file).resolve().parent).resolve()
@@ -61,7 +61,7 @@ def submit(app, store, run_id: str, plan: Plan, pipeline_file: str | Path, param
             "parameters": sorted(parameters),  # names only: values may be sensitive
         },
     )
-    build_canvas(app, plan, run_id).apply_async()
+    send_canvas(app, plan, run_id)
     return Submission(run_id, plan)
 
 

@@ -6,6 +6,7 @@ and every write after the claim is fenced by the claim's token.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ from worker import workspace as workspaces
 from worker.artifacts import ArtifactAccess, ArtifactFailure, archive_log, fetch_inputs, publish_outputs
 from worker.backoff import retry_delay
 from worker.executors.base import Executor, InfrastructureError, JobSpec, Limits, StepHandle, StepOutcome, StepSpec
-from worker.logs import LogSink
+from worker.logs import LogSink, LogSinkClosed
 from worker.secrets import Masker, MissingSecret, load_secrets
 
 log = logging.getLogger("conveyor.worker")
@@ -32,6 +33,14 @@ log = logging.getLogger("conveyor.worker")
 INFRA_RETRIES = 3  # engine hiccups are retried on top of the job's own retry_count
 WAIT_FOR_DEPENDENCIES = 1.0  # seconds between checks when a dependency is not terminal yet
 HEARTBEAT_MAX_INTERVAL = 2.0
+# A job is reported finished only once its log is complete in the store (`conveyor logs`
+# right after the run ends must show the last line). After a step ends, its reader still
+# hands over buffered output: it is waited for as long as lines keep coming, and given up
+# only after this many seconds without one (an engine log stream that never ends).
+READER_IDLE_LIMIT = 30.0
+# How long storing the log's last lines may be retried before the status is written anyway
+# (the lease is kept meanwhile; what could not be stored stays in the full log file).
+CLOSE_LOG_RETRY = 10.0
 
 
 class Reschedule(Exception):
@@ -162,16 +171,28 @@ class Attempt:
         if stopping:
             self.ctx.executor.kill(handle, "timeout" if stopping == "timeout" else "cancelled")
 
+        lines_read = [0]
+
         def pump() -> None:
-            for line in self.ctx.executor.tail(handle):
-                sink.write(line.stream, line.text)
+            try:
+                for line in self.ctx.executor.tail(handle):
+                    sink.write(line.stream, line.text)
+                    lines_read[0] += 1
+            except LogSinkClosed:
+                pass  # the job stopped waiting for this output (see below)
+            except Exception as exc:  # a broken log stream: say so in the job's log
+                log.warning("reading the output of %s/%s failed: %s", self.run_id, self.job.name, exc)
+                with contextlib.suppress(LogSinkClosed):
+                    sink.system(f"reading the output of step {step.name} failed: {exc}")
 
         reader = threading.Thread(target=pump, name=f"tail-{self.job.name}", daemon=True)
         reader.start()
         try:
             outcome = self.ctx.executor.wait(handle)
         finally:
-            reader.join(timeout=30)
+            if not await_reader(reader, lambda: lines_read[0], READER_IDLE_LIMIT):
+                sink.system(f"step {step.name}: no output for {READER_IDLE_LIMIT:.0f}s after it ended, "
+                            "but its log stream is still open; what it may still deliver is not recorded")
             with self.lock:
                 self.current = None
         return outcome
@@ -205,6 +226,26 @@ class Attempt:
         return None
 
 
+def await_reader(reader: threading.Thread, lines_read: Callable[[], int], idle_limit: float,
+                 poll: float = 0.2) -> bool:
+    """Wait until a step's log reader has handed over its last line; True when it ended.
+
+    There is no fixed limit: a chatty step's output may take a while to drain after the
+    step ended. False once `lines_read()` stayed the same for `idle_limit` seconds while
+    the reader was still running.
+    """
+    seen, quiet_since = lines_read(), time.monotonic()
+    while True:
+        reader.join(timeout=poll)
+        if not reader.is_alive():
+            return True
+        now = lines_read()
+        if now != seen:
+            seen, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= idle_limit:
+            return False
+
+
 def _sleep_unless(stop: Callable[[], bool], seconds: float) -> bool:
     """Sleep up to ``seconds``; True when ``stop`` became true meanwhile."""
     end = time.monotonic() + seconds
@@ -227,6 +268,21 @@ def _previous_failures(record: JobRecord) -> tuple[int, int]:
     return script, infra
 
 
+def task_result(run_id: str, job: str, status: str, reason: str | None = None, exit_code: int | None = None) -> dict:
+    """What a job task returns: small (the result backend stores it and Celery events carry
+    its repr, cut past 1 KiB), with the status and reason Flower shows (worker/tasks.py)."""
+    record: dict = {"run_id": run_id, "job": job, "status": status, "reason": reason}
+    if exit_code is not None:
+        record["exit_code"] = exit_code
+    return record
+
+
+def _recorded(store: StateStore, run_id: str, job: str, record: JobRecord | None = None) -> dict:
+    """The outcome of a job this task did not run: its status as recorded now."""
+    record = record or store.get_jobs(run_id, [job])[job]
+    return task_result(run_id, job, record.status, record.reason, record.exit_code)
+
+
 def run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
     """Run (or skip, or decline) one job; returns a small record for the canvas."""
     with job_log_context(run_id, job_name):
@@ -238,19 +294,19 @@ def _run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
     run = store.get_run(run_id)
     if run is None:
         log.warning("run %s is unknown (expired?); dropping job %s", run_id, job_name)
-        return {"run_id": run_id, "job": job_name, "status": "unknown"}
+        return task_result(run_id, job_name, "unknown")
     plan = ctx.plan(run_id)
     job = plan.jobs[job_name]
     ancestors = _ancestors(plan, job_name)
     records = store.get_jobs(run_id, [job_name, *ancestors])
     record = records[job_name]
     if record.status in TERMINAL:
-        return {"run_id": run_id, "job": job_name, "status": record.status}
+        return _recorded(store, run_id, job_name, record)
     deadline = epoch_seconds(run.created_at) + plan.timeout
     if time.time() > deadline and not run.cancel_requested:
         # Nothing may outlive the pipeline timeout, not even a job whose upstream was lost.
         store.request_cancel(run_id)
-        return {"run_id": run_id, "job": job_name, "status": store.get_jobs(run_id, [job_name])[job_name].status}
+        return _recorded(store, run_id, job_name)
     waiting = [d for d in ancestors if records[d].status not in TERMINAL]
     if waiting:
         raise Reschedule(WAIT_FOR_DEPENDENCIES, f"waiting for {', '.join(waiting[:3])}")
@@ -259,15 +315,14 @@ def _run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
         if reason is not None:
             store.skip(run_id, job_name, reason)
             metrics.job_finished(SKIPPED, reason, 0.0, started=False)
-            return {"run_id": run_id, "job": job_name, "status": SKIPPED}
+            return task_result(run_id, job_name, SKIPPED, reason)
     claim = store.claim(run_id, job_name, ctx.worker_name, int(ctx.lease_seconds * 1000))
     if not isinstance(claim, Claim):
         if claim.reason == "leased":
             # Another worker holds a live lease (an early redelivery). Watch instead of
             # running: if that worker dies, its lease expires and this copy takes over.
             raise Reschedule(ctx.lease_seconds, "another attempt holds the lease")
-        status = store.get_jobs(run_id, [job_name])[job_name].status
-        return {"run_id": run_id, "job": job_name, "status": status}
+        return _recorded(store, run_id, job_name)
     if job.deploy is not None:
         # A deployment is a state machine advanced by ticks on the deploy queue; this task
         # only starts it (dependents wait for the job to be terminal in the state store).
@@ -277,15 +332,15 @@ def _run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
     _observe_wait(job, run, records, claim)
     metrics.job_started()
     started = time.monotonic()
-    outcome: dict = {"status": FAILED}
+    result: dict = {"status": FAILED}
     try:
-        outcome = _run_claimed(ctx, plan, job, claim, run, deadline, record)
+        result = _run_claimed(ctx, plan, job, claim, run, deadline, record)
     except Reschedule:
-        outcome = {"status": RETRYING}
+        result = {"status": RETRYING}
         raise
     finally:
-        metrics.job_finished(outcome["status"], outcome.get("reason"), time.monotonic() - started)
-    return outcome
+        metrics.job_finished(result["status"], result.get("reason"), time.monotonic() - started)
+    return result
 
 
 def _observe_wait(job: Job, run: RunRecord, records: dict[str, JobRecord], claim: Claim) -> None:
@@ -324,6 +379,7 @@ def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: Ru
     finally:
         attempt.done.set()
         heart.join(timeout=5)
+        sink.close()  # already closed on every normal path; this stops its thread after a crash
 
 
 def _run_attempt(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: RunRecord, record: JobRecord,
@@ -371,14 +427,14 @@ def _run_attempt(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: Ru
     if attempt.stop_reason == "lost":
         sink.system("lease lost: a newer attempt owns this job; this attempt's result is discarded")
         sink.close()
-        return {"run_id": run_id, "job": job.name, "status": "lost"}
+        return task_result(run_id, job.name, "lost")
     if attempt.stop_reason in ("cancelled", "timeout") and failure is not None:
         failure = StepOutcome(failure.exit_code, "timeout" if attempt.stop_reason == "timeout" else "cancelled", failure.duration)
     if failure is None:
         sink.system("job succeeded")
         _close_log(ctx, plan, job, run, sink)
         store.finish(run_id, job.name, claim.token, SUCCESS, exit_code=0)
-        return {"run_id": run_id, "job": job.name, "status": SUCCESS, "reason": None}
+        return task_result(run_id, job.name, SUCCESS)
     script_failures, infra_failures = _previous_failures(record)
     retryable = failure.reason not in ("cancelled", "integrity_error") and attempt.stop_reason is None \
         and missing is None and not no_retry
@@ -394,12 +450,12 @@ def _run_attempt(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: Ru
         if store.finish(run_id, job.name, claim.token, RETRYING, exit_code=failure.exit_code,
                         reason=failure.reason, retry_delay=delay):
             raise Reschedule(delay, f"retry after {failure.reason}")
-        return {"run_id": run_id, "job": job.name, "status": "lost"}
+        return task_result(run_id, job.name, "lost")
     status = CANCELLED if failure.reason == "cancelled" else FAILED
     sink.system(f"job {status}: {failure.reason}" + (f" (exit code {failure.exit_code})" if failure.exit_code is not None else ""))
     _close_log(ctx, plan, job, run, sink)
     store.finish(run_id, job.name, claim.token, status, exit_code=failure.exit_code, reason=failure.reason)
-    return {"run_id": run_id, "job": job.name, "status": status, "reason": failure.reason}
+    return task_result(run_id, job.name, status, failure.reason, failure.exit_code)
 
 
 def _prepare_workspace(ctx: WorkerContext, plan: Plan, job: Job, run: RunRecord, workspace: Path,
@@ -416,7 +472,9 @@ def _prepare_workspace(ctx: WorkerContext, plan: Plan, job: Job, run: RunRecord,
 
 
 def _close_log(ctx: WorkerContext, plan: Plan, job: Job, run: RunRecord, sink: LogSink) -> None:
-    """End the log and keep the full file in the artifact store (before the status is final)."""
-    summary = sink.close()
+    """End the log and keep the full file in the artifact store; called before the job's
+    status is written, so a job seen finished has its last line readable (`close` sends
+    synchronously, retrying a failing store for a while)."""
+    summary = sink.close(retry_for=CLOSE_LOG_RETRY)
     if ctx.artifacts is not None:
         archive_log(ctx.artifacts, plan, job, run, summary.full_log)

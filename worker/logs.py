@@ -33,8 +33,14 @@ SYSTEM = "system"
 MAX_RETRY_INTERVAL = 2.0
 # At close the job is over and its status is about to be written; a few quick retries
 # ride out a blip without holding the job up for long when the store is really down.
+# A caller that must not report the job finished before its log is stored asks for
+# more with `close(retry_for=...)`.
 CLOSE_ATTEMPTS = 3
 CLOSE_RETRY_DELAY = 0.1
+
+
+class LogSinkClosed(ValueError):
+    """A line was written to a sink that is already closed."""
 
 
 @dataclass(frozen=True)
@@ -181,7 +187,7 @@ class LogSink:
         lines = masked.split("\n")
         with self._cond:
             if self._closing:
-                raise ValueError(f"write to a closed log sink ({self._run_id}/{self._job})")
+                raise LogSinkClosed(f"write to a closed log sink ({self._run_id}/{self._job})")
             stamp = self._stamps.now()
             for line in lines:
                 self._record(stream, line, stamp)
@@ -192,19 +198,21 @@ class LogSink:
         """Record one of Conveyor's own messages (stream `system`), masked like output."""
         self.write(SYSTEM, text)
 
-    def close(self) -> LogSummary:
+    def close(self, retry_for: float = 0.0) -> LogSummary:
         """Send everything still buffered (tail and cap marker included) and stop the flusher.
 
-        Never raises for store trouble: what could not be stored is counted in the
-        summary and logged; it is all in the full log file. Calling it again returns
-        the same summary.
+        When it returns, every line is in the store (`summary.complete`) or never will be:
+        the send is synchronous. A failing store is tried `CLOSE_ATTEMPTS` times, and
+        again until `retry_for` seconds have passed. Never raises for store trouble: what
+        could not be stored is counted in the summary and logged; it is all in the full
+        log file. Calling it again returns the same summary.
         """
         with self._close_lock:
             if self._summary is None:
-                self._summary = self._close()
+                self._summary = self._close(retry_for)
             return self._summary
 
-    def _close(self) -> LogSummary:
+    def _close(self, retry_for: float) -> LogSummary:
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -216,10 +224,15 @@ class LogSink:
             )
             self._pending.extend((stream, text) for stream, text, _ in self._tail)
             self._tail.clear()
-        for attempt in range(CLOSE_ATTEMPTS):
-            if self._flush() or attempt == CLOSE_ATTEMPTS - 1:
+        give_up_at = time.monotonic() + retry_for
+        attempt = 1
+        while not self._flush():
+            remaining = give_up_at - time.monotonic()
+            if attempt >= CLOSE_ATTEMPTS and remaining <= 0:
                 break
-            time.sleep(CLOSE_RETRY_DELAY * (attempt + 1))
+            delay = min(CLOSE_RETRY_DELAY * attempt, MAX_RETRY_INTERVAL)
+            time.sleep(delay if attempt < CLOSE_ATTEMPTS else min(delay, remaining))
+            attempt += 1
         if self._pending:
             self._unsent_lines += len(self._pending)
             log.error(

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import NoReturn
 
 import click
 
@@ -33,8 +34,23 @@ def _submit(submit_fn, *args):
         raise click.ClickException(str(exc)) from None
 
 
-def _finish(status: str) -> None:
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
+
+
+def _finish(status: str) -> NoReturn:
     sys.exit(0 if status == "success" else 1)
+
+
+def _follow_submitted(store, run_id: str, no_live: bool = False) -> NoReturn:
+    """Follow a run the workers carry and exit with its outcome; Ctrl-C only stops following."""
+    from coordinator.follow import follow
+
+    try:
+        status = follow(store, run_id, live=False if no_live else None)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped following; the run goes on. `conveyor cancel {run_id}` stops it.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    _finish(status)
 
 
 source_option = click.option("--source", type=click.Path(file_okay=False, exists=True),
@@ -62,24 +78,27 @@ def run(file: str, variables: tuple[str, ...], source: str | None, executor: str
     if not settings.embedded:
         submission = _submit(submit, app, store, run_id, plan, file, parameters, source, settings)
         click.echo(f"run {submission.run_id} submitted", err=True)
-        try:
-            _finish(follow(store, submission.run_id, live=False if no_live else None))
-        except KeyboardInterrupt:
-            click.echo(f"\nstopped following; the run goes on. `conveyor cancel {submission.run_id}` stops it.", err=True)
-            sys.exit(130)
+        _follow_submitted(store, submission.run_id, no_live)
     from coordinator.embedded import embedded_worker
     from worker import tasks
 
     tasks.register(app)
+    status: str | None = None
     with embedded_worker(app, concurrency):
         submission = _submit(submit, app, store, run_id, plan, file, parameters, source, settings)
         click.echo(f"run {submission.run_id} (embedded, state in {settings.data_dir})", err=True)
         try:
             status = follow(store, submission.run_id, live=False if no_live else None)
         except KeyboardInterrupt:
+            # The jobs run in this process: cancel them rather than leave them behind.
             click.echo("\ncancelling…", err=True)
             store.request_cancel(submission.run_id)
-            status = follow(store, submission.run_id, live=False, logs=False)
+            try:
+                status = follow(store, submission.run_id, live=False, logs=False)
+            except KeyboardInterrupt:
+                click.echo("stopped waiting; stopping the embedded worker (running jobs are being cancelled)", err=True)
+    if status is None:
+        sys.exit(EXIT_INTERRUPTED)
     _finish(status)
 
 
@@ -102,9 +121,7 @@ def submit(file: str, variables: tuple[str, ...], source: str | None, wait: bool
     submission = _submit(submit_run, create_app(settings), store, run_id, plan, file, parameters, source, settings)
     click.echo(submission.run_id)
     if wait:
-        from coordinator.follow import follow
-
-        _finish(follow(store, submission.run_id))
+        _follow_submitted(store, submission.run_id)
 
 
 @click.command()
@@ -152,7 +169,11 @@ def logs(run_id: str, job: str | None, follow_: bool, fmt: str) -> None:
     if job is not None and job not in store.get_jobs(run_id):
         click.echo(f"error: run '{run_id}' has no job '{job}'", err=True)
         sys.exit(EXIT_UNKNOWN_RUN)
-    follow_logs(store, run_id, job, follow=follow_, as_json=fmt == "json")
+    try:
+        follow_logs(store, run_id, job, follow=follow_, as_json=fmt == "json")
+    except KeyboardInterrupt:
+        # Ctrl-C is how `logs -f` ends; what was printed is the answer, not an abort.
+        sys.exit(EXIT_INTERRUPTED)
 
 
 @click.command()
