@@ -23,14 +23,21 @@ from shared.logformat import job_log_context
 from worker import metrics
 from worker import workspace as workspaces
 from worker.artifacts import ArtifactAccess, ArtifactFailure, archive_log, fetch_inputs, publish_outputs
-from worker.backoff import retry_delay
-from worker.executors.base import Executor, InfrastructureError, JobSpec, Limits, StepHandle, StepOutcome, StepSpec
+from worker.retry_policy import JobFailure, next_retry, step_retry_delay
+from worker.executors.contract import (
+    Executor,
+    InfrastructureError,
+    JobSpec,
+    ResourceLimits,
+    StepHandle,
+    StepOutcome,
+    StepSpec,
+)
 from worker.logs import LogSink, LogSinkClosed
 from worker.secrets import Masker, MissingSecret, load_secrets
 
 log = logging.getLogger("conveyor.worker")
 
-INFRA_RETRIES = 3  # engine hiccups are retried on top of the job's own retry_count
 WAIT_FOR_DEPENDENCIES = 1.0  # seconds between checks when a dependency is not terminal yet
 HEARTBEAT_MAX_INTERVAL = 2.0
 # A job is reported finished only once its log is complete in the store (`conveyor logs`
@@ -112,13 +119,17 @@ def decide(plan: Plan, job: Job, records: dict[str, JobRecord], run_cancelled: b
 class Attempt:
     """One claimed attempt: runs the steps under a heartbeat that can stop them."""
 
-    def __init__(self, ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run_id: str, deadline: float | None):
+    def __init__(self, ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: RunRecord,
+                 deadline: float | None, sink: LogSink, workspace: Path):
         self.ctx = ctx
         self.plan = plan
         self.job = job
         self.claim = claim
-        self.run_id = run_id
+        self.run = run
+        self.run_id = run.run_id
         self.deadline = deadline
+        self.sink = sink
+        self.workspace = workspace
         self.stop_reason: str | None = None  # cancelled | timeout | lost
         self.current: StepHandle | None = None
         self.lock = threading.Lock()
@@ -153,8 +164,7 @@ class Attempt:
                 self._stop("timeout")
 
     # -- steps ---------------------------------------------------------------------
-    def run_step(self, spec: JobSpec, step: Step, index: int, env: dict[str, str], sink: LogSink,
-                 job_ends_at: float) -> StepOutcome:
+    def run_step(self, spec: JobSpec, step: Step, index: int, env: dict[str, str], job_ends_at: float) -> StepOutcome:
         remaining = job_ends_at - time.monotonic()
         if remaining <= 0:
             return StepOutcome(None, "timeout", 0.0)
@@ -162,8 +172,9 @@ class Attempt:
         step_spec = StepSpec(
             index=index, name=step.name, image=step.image, script=step.script, env=env,
             working_directory=step.working_directory, timeout=timeout,
-            limits=Limits(memory_bytes=self.job.resources.memory_bytes, cpus=self.job.resources.cpus),
+            limits=ResourceLimits(memory_bytes=self.job.resources.memory_bytes, cpus=self.job.resources.cpus),
         )
+        sink = self.sink
         handle = self.ctx.executor.start(spec, step_spec)
         with self.lock:
             self.current = handle
@@ -197,8 +208,9 @@ class Attempt:
                 self.current = None
         return outcome
 
-    def execute(self, spec: JobSpec, secrets: dict[str, str], sink: LogSink) -> StepOutcome | None:
+    def execute(self, spec: JobSpec, secrets: dict[str, str]) -> StepOutcome | None:
         """Run every step; None when the job succeeded, else the outcome that failed it."""
+        sink = self.sink
         job_ends_at = time.monotonic() + self.job.timeout
         for index, step in enumerate(self.job.steps):
             if self.stop_reason:
@@ -208,11 +220,11 @@ class Attempt:
                 continue
             env = {**step.environment, **secrets}
             for try_number in range(step.retry_count + 1):
-                outcome = self.run_step(spec, step, index, env, sink, job_ends_at)
+                outcome = self.run_step(spec, step, index, env, job_ends_at)
                 if outcome.succeeded or outcome.reason in ("cancelled", "timeout") or self.stop_reason:
                     break
                 if try_number < step.retry_count:
-                    delay = retry_delay(try_number + 1, min(self.job.retry_policy.backoff_base, 5.0), 30.0)
+                    delay = step_retry_delay(try_number + 1, self.job.retry_policy)
                     sink.system(f"step {step.name} failed ({outcome.reason}, exit {outcome.exit_code}); "
                                 f"retry {try_number + 1}/{step.retry_count} in {delay:.1f}s")
                     if _sleep_unless(lambda: bool(self.stop_reason), delay):
@@ -224,6 +236,48 @@ class Attempt:
                 continue
             return outcome
         return None
+
+
+    def perform(self, secrets: dict[str, str], missing: MissingSecret | None) -> JobFailure | None:
+        """Prepare, run the steps, publish the artifacts; None when all of it succeeded.
+
+        Always cleans up (the executor's leftovers, the workspace), whatever failed. Every
+        failure becomes a ``JobFailure`` that says what a retry would count against.
+        """
+        ctx, sink = self.ctx, self.sink
+        spec = JobSpec(run_id=self.run_id, job=self.job.name, workspace=self.workspace, worker_name=ctx.worker_name)
+        try:
+            sink.system(f"attempt {self.claim.attempt} on {ctx.worker_name} ({ctx.executor.name} executor)")
+            if missing is not None:
+                sink.system(str(missing))
+                return JobFailure("infrastructure", retry="never")  # an operator must add it first
+            _prepare_workspace(ctx, self.plan, self.job, self.run, self.workspace, sink)
+            ctx.executor.prepare(spec)
+            failed = self.execute(spec, secrets)
+            if failed is not None:
+                # A cancel is final; any other step failure counts against the job's retry_count.
+                return JobFailure(str(failed.reason), failed.exit_code,
+                                  retry="never" if failed.reason == "cancelled" else "script")
+            if ctx.artifacts is not None and not self.stop_reason:
+                publish_outputs(ctx.artifacts, self.plan, self.job, self.run, self.workspace, sink)
+            return None
+        except ArtifactFailure as exc:
+            sink.system(str(exc))
+            # Not retryable: an artifact path leaving the workspace, a corrupt object.
+            return JobFailure(exc.reason, retry="infrastructure" if exc.retryable else "never")
+        except InfrastructureError as exc:
+            sink.system(f"infrastructure error: {exc}")
+            return JobFailure("infrastructure", retry="infrastructure")
+        except Exception as exc:  # never let one job's bug take the canvas down
+            log.exception("job %s/%s crashed", self.run_id, self.job.name)
+            sink.system(f"internal error: {type(exc).__name__}: {exc}")
+            return JobFailure("infrastructure", retry="infrastructure")
+        finally:
+            try:
+                ctx.executor.cleanup(spec)
+            except Exception as exc:
+                log.warning("cleanup of %s failed: %s", self.job.name, exc)
+            workspaces.remove(self.workspace)
 
 
 def await_reader(reader: threading.Thread, lines_read: Callable[[], int], idle_limit: float,
@@ -254,18 +308,6 @@ def _sleep_unless(stop: Callable[[], bool], seconds: float) -> bool:
             return True
         time.sleep(min(0.2, max(end - time.monotonic(), 0)))
     return stop()
-
-
-def _previous_failures(record: JobRecord) -> tuple[int, int]:
-    """(script-level failures, infrastructure failures) of earlier attempts."""
-    script = infra = 0
-    for attempt in record.attempts:
-        if attempt.status in (FAILED, RETRYING):
-            if attempt.reason == "infrastructure":
-                infra += 1
-            elif attempt.reason != "worker_lost":
-                script += 1
-    return script, infra
 
 
 def task_result(run_id: str, job: str, status: str, reason: str | None = None, exit_code: int | None = None) -> dict:
@@ -358,7 +400,6 @@ def _observe_wait(job: Job, run: RunRecord, records: dict[str, JobRecord], claim
 def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: RunRecord, deadline: float,
                  record: JobRecord) -> dict:
     run_id = run.run_id
-    store = ctx.store
     workspace = workspaces.workspace_path(ctx.data_dir, run_id, job.name)
     full_log = ctx.data_dir / "logs" / run_id / f"{workspace.name}.{claim.attempt}.log"
     full_log.parent.mkdir(parents=True, exist_ok=True)
@@ -367,93 +408,53 @@ def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: Ru
         missing = None
     except MissingSecret as exc:
         secrets, missing = {}, exc
-    sink = LogSink(store, run_id, job.name, full_log, Masker(secrets.values()))
-    attempt = Attempt(ctx, plan, job, claim, run_id, deadline)
+    sink = LogSink(ctx.store, run_id, job.name, full_log, Masker(secrets.values()))
+    attempt = Attempt(ctx, plan, job, claim, run, deadline, sink, workspace)
     heart = threading.Thread(target=attempt.heartbeat_loop, name=f"heartbeat-{job.name}", daemon=True)
     heart.start()
     # The lease is kept until the outcome is written: uploading artifacts and the log, or
     # removing containers from a struggling engine, can outlast it, and an expired lease
     # would hand the job to another worker and throw this attempt's result away.
     try:
-        return _run_attempt(ctx, plan, job, claim, run, record, attempt, sink, secrets, missing, workspace)
+        return _record_outcome(attempt, record, attempt.perform(secrets, missing))
     finally:
         attempt.done.set()
         heart.join(timeout=5)
         sink.close()  # already closed on every normal path; this stops its thread after a crash
 
 
-def _run_attempt(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: RunRecord, record: JobRecord,
-                 attempt: Attempt, sink: LogSink, secrets: dict[str, str], missing: MissingSecret | None,
-                 workspace: Path) -> dict:
-    run_id = run.run_id
-    store = ctx.store
-    spec = JobSpec(run_id=run_id, job=job.name, workspace=workspace, worker_name=ctx.worker_name)
-    failure: StepOutcome | None = None
-    infra_error: Exception | None = None
-    no_retry = False  # a failure that would only repeat itself (an artifact path escaping the workspace)
-    try:
-        sink.system(f"attempt {claim.attempt} on {ctx.worker_name} ({ctx.executor.name} executor)")
-        if missing is not None:
-            sink.system(str(missing))
-            failure = StepOutcome(None, "infrastructure", 0.0)
-        else:
-            _prepare_workspace(ctx, plan, job, run, workspace, sink)
-            ctx.executor.prepare(spec)
-            failure = attempt.execute(spec, secrets, sink)
-            if failure is None and ctx.artifacts is not None and not attempt.stop_reason:
-                publish_outputs(ctx.artifacts, plan, job, run, workspace, sink)
-    except ArtifactFailure as exc:
-        sink.system(str(exc))
-        failure = StepOutcome(None, exc.reason, 0.0)
-        if exc.retryable:
-            infra_error = exc
-        else:
-            no_retry = True
-    except InfrastructureError as exc:
-        infra_error = exc
-        sink.system(f"infrastructure error: {exc}")
-        failure = StepOutcome(None, "infrastructure", 0.0)
-    except Exception as exc:  # never let one job's bug take the canvas down
-        log.exception("job %s/%s crashed", run_id, job.name)
-        sink.system(f"internal error: {type(exc).__name__}: {exc}")
-        failure = StepOutcome(None, "infrastructure", 0.0)
-        infra_error = exc
-    finally:
-        try:
-            ctx.executor.cleanup(spec)
-        except Exception as exc:
-            log.warning("cleanup of %s failed: %s", job.name, exc)
-        workspaces.remove(workspace)
+def _record_outcome(attempt: Attempt, record: JobRecord, failure: JobFailure | None) -> dict:
+    """Write the attempt's outcome (success, retrying, failed, cancelled) and say it.
+
+    ``record`` is the job as read before this attempt was claimed (its earlier attempts
+    decide the retry); the log is complete in the store before the status is written.
+    """
+    ctx, job, run, sink, claim = attempt.ctx, attempt.job, attempt.run, attempt.sink, attempt.claim
+    run_id, store = run.run_id, ctx.store
     if attempt.stop_reason == "lost":
         sink.system("lease lost: a newer attempt owns this job; this attempt's result is discarded")
         sink.close()
         return task_result(run_id, job.name, "lost")
-    if attempt.stop_reason in ("cancelled", "timeout") and failure is not None:
-        failure = StepOutcome(failure.exit_code, "timeout" if attempt.stop_reason == "timeout" else "cancelled", failure.duration)
+    if failure is not None and attempt.stop_reason in ("cancelled", "timeout"):
+        # Stopped from outside (cancel, the pipeline's timeout): that is the reason, and final.
+        failure = JobFailure(attempt.stop_reason, failure.exit_code, retry="never")
     if failure is None:
         sink.system("job succeeded")
-        _close_log(ctx, plan, job, run, sink)
+        _close_log(ctx, attempt.plan, job, run, sink)
         store.finish(run_id, job.name, claim.token, SUCCESS, exit_code=0)
         return task_result(run_id, job.name, SUCCESS)
-    script_failures, infra_failures = _previous_failures(record)
-    retryable = failure.reason not in ("cancelled", "integrity_error") and attempt.stop_reason is None \
-        and missing is None and not no_retry
-    if retryable and failure.reason == "infrastructure" and infra_error is not None and infra_failures < INFRA_RETRIES:
-        delay = retry_delay(infra_failures + 1, job.retry_policy.backoff_base, job.retry_policy.backoff_max)
-    elif retryable and failure.reason != "infrastructure" and script_failures < job.retry_count:
-        delay = retry_delay(script_failures + 1, job.retry_policy.backoff_base, job.retry_policy.backoff_max)
-    else:
-        delay = None
+    delay = next_retry(failure, record.attempts, job.retry_count, job.retry_policy)
     if delay is not None:
         sink.system(f"job failed ({failure.reason}); retrying in {delay:.1f}s")
-        _close_log(ctx, plan, job, run, sink)
+        _close_log(ctx, attempt.plan, job, run, sink)
         if store.finish(run_id, job.name, claim.token, RETRYING, exit_code=failure.exit_code,
                         reason=failure.reason, retry_delay=delay):
             raise Reschedule(delay, f"retry after {failure.reason}")
         return task_result(run_id, job.name, "lost")
     status = CANCELLED if failure.reason == "cancelled" else FAILED
-    sink.system(f"job {status}: {failure.reason}" + (f" (exit code {failure.exit_code})" if failure.exit_code is not None else ""))
-    _close_log(ctx, plan, job, run, sink)
+    exit_text = f" (exit code {failure.exit_code})" if failure.exit_code is not None else ""
+    sink.system(f"job {status}: {failure.reason}{exit_text}")
+    _close_log(ctx, attempt.plan, job, run, sink)
     store.finish(run_id, job.name, claim.token, status, exit_code=failure.exit_code, reason=failure.reason)
     return task_result(run_id, job.name, status, failure.reason, failure.exit_code)
 

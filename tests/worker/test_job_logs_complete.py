@@ -19,7 +19,7 @@ from coordinator.frontend import load_text
 from shared.state import JobMeta, open_state
 from shared.state.base import TERMINAL
 from worker import job_runner
-from worker.executors.base import JobSpec, LogLine, StepHandle, StepOutcome, StepSpec
+from worker.executors.contract import JobSpec, LogLine, StepHandle, StepOutcome, StepSpec
 from worker.executors.local import LocalExecutor
 from worker.job_runner import WorkerContext, await_reader, run_job
 from worker.logs import LogSink

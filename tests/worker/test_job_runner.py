@@ -1,13 +1,11 @@
 """Job decisions from recorded statuses, retry accounting and backoff."""
 from __future__ import annotations
 
-import random
 import textwrap
 
 from coordinator.frontend import load_text
-from shared.state.base import AttemptRecord, JobRecord
-from worker.backoff import retry_delay
-from worker.job_runner import _previous_failures, decide
+from shared.state.base import JobRecord
+from worker.job_runner import decide
 
 PIPELINE = """
 name: d
@@ -67,20 +65,3 @@ def test_always_runs_and_condition_false_reason() -> None:
 def test_cancelled_run_skips_success_jobs() -> None:
     p = plan()
     assert decide(p, p.jobs["test"], records(test="pending"), True) is not None
-
-
-def test_previous_failures_split_infrastructure_from_script() -> None:
-    def attempt(status, reason):
-        return AttemptRecord(1, "w", "t", "t", status, None, reason, None)
-
-    rec = record("x", "running", attempts=[attempt("retrying", "script_failure"), attempt("retrying", "infrastructure"),
-                                            attempt("failed", "worker_lost"), attempt("running", None)])
-    assert _previous_failures(rec) == (1, 1)
-
-
-def test_backoff_doubles_caps_and_jitters() -> None:
-    rng = random.Random(7)
-    for attempt, raw in ((1, 5), (2, 10), (3, 20), (6, 120), (9, 120)):
-        values = [retry_delay(attempt, 5, 120, rng) for _ in range(200)]
-        assert min(values) >= raw * 0.75 - 1e-9 and max(values) <= min(raw * 1.25, 120) + 1e-9
-        assert max(values) - min(values) > 0  # jitter spreads retries

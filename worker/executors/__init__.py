@@ -1,7 +1,7 @@
 """Executors run the steps of a job: in Docker containers, or as local processes.
 
 ``select_executor`` turns the ``CONVEYOR_EXECUTOR`` setting into one; the contract every
-executor follows is in ``worker.executors.base`` and ``docs/executors.md``.
+executor follows is in ``worker.executors.contract``.
 """
 
 from __future__ import annotations
@@ -9,15 +9,24 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from worker.executors.base import (
+from worker.executors.contract import (
+
     Executor,
+
     InfrastructureError,
+
     JobSpec,
-    Limits,
+
     LogLine,
+
+    ResourceLimits,
+
     StepHandle,
+
     StepOutcome,
+
     StepSpec,
+
 )
 
 log = logging.getLogger(__name__)
@@ -32,7 +41,7 @@ __all__ = [
     "Executor",
     "InfrastructureError",
     "JobSpec",
-    "Limits",
+    "ResourceLimits",
     "LogLine",
     "StepHandle",
     "StepOutcome",

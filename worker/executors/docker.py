@@ -24,19 +24,22 @@ import docker.errors
 import requests.exceptions
 from docker.types import Mount
 
-from worker.executors.base import (
-    DEFAULT_MAX_LINE_CHARS,
+from shared.hardening import DEFAULT_CAP_DROP
+from worker.executors.contract import (
     InfrastructureError,
-    JobDirectories,
     JobSpec,
     LogLine,
-    LogPump,
     Reason,
     StepHandle,
     StepOutcome,
     StepSpec,
     Stream,
     classify,
+)
+from worker.executors.support import (
+    DEFAULT_MAX_LINE_CHARS,
+    JobDirectories,
+    LogPump,
     resolve_working_directory,
 )
 from worker.executors.engine_paths import check_engine_sees
@@ -51,20 +54,6 @@ LABEL_JOB = "conveyor.job"
 LABEL_STEP = "conveyor.step"
 LABEL_STEP_INDEX = "conveyor.step_index"
 LABEL_WORKER = "conveyor.worker"
-
-# Docker's default set minus what a build step has no business with: raw sockets (ARP/ICMP
-# spoofing on the bridge), device nodes, chroot, file capabilities, capability-set changes
-# and the kernel audit log. CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETUID, SETGID, KILL and
-# NET_BIND_SERVICE stay: package managers (apt drops to the _apt user), tests that bind
-# port 80, and `chown` in build scripts need them.
-DEFAULT_CAP_DROP: tuple[str, ...] = (
-    "NET_RAW",
-    "MKNOD",
-    "SYS_CHROOT",
-    "SETFCAP",
-    "SETPCAP",
-    "AUDIT_WRITE",
-)
 
 DEFAULT_ENGINE_TIMEOUT = 60.0
 # A log follower and a waiter per running step, plus kills and cleanups: more than

@@ -24,7 +24,7 @@ import docker.errors
 import requests.exceptions
 from docker.types import Mount
 
-from worker.executors.base import InfrastructureError
+from worker.executors.contract import InfrastructureError
 
 # An image with a single empty directory, imported from memory when missing: the probe
 # container is created, never started, so it needs no binary at all.

@@ -21,20 +21,38 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from worker.executors.base import (
-    DEFAULT_MAX_LINE_CHARS,
+from worker.executors.contract import (
+
     InfrastructureError,
-    JobDirectories,
+
     JobSpec,
+
     LogLine,
-    LogPump,
+
     Reason,
+
     StepHandle,
+
     StepOutcome,
+
     StepSpec,
+
     classify,
+
     exit_code_of,
+
+)
+
+from worker.executors.support import (
+
+    DEFAULT_MAX_LINE_CHARS,
+
+    JobDirectories,
+
+    LogPump,
+
     resolve_working_directory,
+
 )
 from worker.executors.scripts import SHELL, write_script
 

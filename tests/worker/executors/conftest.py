@@ -15,14 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.executors.base import (
-    Executor,
-    JobSpec,
-    LogLine,
-    StepHandle,
-    StepOutcome,
-    StepSpec,
-)
+from worker.executors.contract import Executor, JobSpec, LogLine, StepHandle, StepOutcome, StepSpec
 
 
 

@@ -12,11 +12,11 @@ import docker
 import docker.errors
 import pytest
 
+from shared.hardening import DEFAULT_CAP_DROP
 from tests.worker.executors.conftest import Contract, drive
 from worker.executors import select_executor
-from worker.executors.base import InfrastructureError, Limits, StepSpec
+from worker.executors.contract import InfrastructureError, ResourceLimits, StepSpec
 from worker.executors.docker import (
-    DEFAULT_CAP_DROP,
     LABEL_JOB,
     LABEL_RUN,
     LABEL_STEP,
@@ -49,7 +49,7 @@ def _run_label_containers(client, run_id: str) -> list:
 @pytest.mark.slow
 def test_memory_limit_kill_is_reported_as_oom(run, step):
     result = run(step("dd if=/dev/zero of=/dev/null bs=64M count=1",
-                      limits=Limits(memory_bytes=32 * 2**20)))
+                      limits=ResourceLimits(memory_bytes=32 * 2**20)))
     assert result.outcome.reason == "oom"
     assert result.outcome.exit_code == 137
 
@@ -64,7 +64,7 @@ def test_hardening_is_visible_from_inside_the_step(executor, job, step, docker_c
             "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max",
             "if touch /conveyor/scripts/x 2>/dev/null; then echo scripts-writable; "
             "else echo scripts-read-only; fi",
-            limits=Limits(memory_bytes=96 * 2**20, cpus=0.5, pids=77),
+            limits=ResourceLimits(memory_bytes=96 * 2**20, cpus=0.5, pids=77),
         ))
         lines = [line.text for line in executor.tail(handle) if line.stream == "stdout"]
         outcome = executor.wait(handle)

@@ -47,7 +47,7 @@ def test_a_directory_the_engine_sees_differently_is_refused_naming_the_path(tmp_
     result = _in_private_mount_namespace(f"""
         from pathlib import Path
         import docker
-        from worker.executors.base import InfrastructureError
+        from worker.executors.contract import InfrastructureError
         from worker.executors.engine_paths import check_engine_sees
         try:
             check_engine_sees(docker.from_env().api, Path({str(data_dir)!r}))
@@ -69,7 +69,7 @@ def test_a_directory_missing_on_the_engines_host_is_refused(tmp_path):
     result = _in_private_mount_namespace(f"""
         from pathlib import Path
         import docker
-        from worker.executors.base import InfrastructureError
+        from worker.executors.contract import InfrastructureError
         from worker.executors.engine_paths import check_engine_sees
         try:
             check_engine_sees(docker.from_env().api, Path({str(data_dir)!r}))
@@ -88,7 +88,7 @@ def test_a_step_whose_directories_the_engine_lacks_is_infrastructure_not_script_
     result = _in_private_mount_namespace(f"""
         from pathlib import Path
         from worker.executors import select_executor
-        from worker.executors.base import InfrastructureError, JobSpec, StepSpec
+        from worker.executors.contract import InfrastructureError, JobSpec, StepSpec
         data = Path({str(covered / 'data')!r})
         workspace = data / "workspaces" / "w"
         workspace.mkdir(parents=True)
@@ -109,7 +109,7 @@ def test_a_step_whose_directories_the_engine_lacks_is_infrastructure_not_script_
 
 def test_the_docker_executor_keeps_job_directories_under_the_data_dir(docker_client, tmp_path):
     from worker.executors import select_executor
-    from worker.executors.base import JobSpec
+    from worker.executors.contract import JobSpec
 
     executor = select_executor("docker", tmp_path / "data")
     assert isinstance(executor, DockerExecutor)

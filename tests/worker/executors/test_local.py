@@ -10,7 +10,7 @@ import pytest
 
 from tests.worker.executors.conftest import Contract, drive
 from worker.executors import select_executor
-from worker.executors.base import InfrastructureError, Limits
+from worker.executors.contract import InfrastructureError, ResourceLimits
 from worker.executors.local import DEFAULT_PATH, LocalExecutor
 
 
@@ -86,7 +86,7 @@ def test_step_reads_no_input(run, step):
 
 def test_unenforced_limits_are_warned_about_once(run, step, caplog):
     caplog.set_level(logging.WARNING)
-    limited = Limits(memory_bytes=64 * 2**20, cpus=0.5)
+    limited = ResourceLimits(memory_bytes=64 * 2**20, cpus=0.5)
     run(step("true", limits=limited))
     run(step("true", limits=limited))
     warnings = [r for r in caplog.records if "does not enforce" in r.getMessage()]

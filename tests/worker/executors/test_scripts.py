@@ -11,13 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.executors.base import (
-    JobSpec,
-    Limits,
-    LineSplitter,
-    StepSpec,
-    resolve_working_directory,
-)
+from worker.executors.contract import JobSpec, ResourceLimits, StepSpec
+
+from worker.executors.support import LineSplitter, resolve_working_directory
 from worker.executors.scripts import build_script, echo_text, write_script
 
 text_without_nul = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)))
@@ -139,7 +135,7 @@ def test_invalid_job_specs_are_refused(fields, tmp_path):
 
 def test_limits_must_be_positive():
     with pytest.raises(ValueError):
-        Limits(memory_bytes=0)
+        ResourceLimits(memory_bytes=0)
 
 
 @pytest.mark.parametrize("path", ["../x", "/etc", "a/../../x"])
