@@ -4,9 +4,7 @@ Validation collects diagnostics instead of raising, so one pass reports every er
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
-from typing import Iterable
 
 ERROR = "error"
 WARNING = "warning"
@@ -69,12 +67,6 @@ class Diagnostics:
     def sorted(self) -> list[Diagnostic]:
         # Stable sort keeps discovery order for diagnostics on the same spot.
         return sorted(self.items, key=lambda d: (d.position.line, d.position.col))
-
-
-def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    """A "did you mean 'x'?" hint when one candidate is close to ``word``."""
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else None
 
 
 class PipelineError(Exception):

@@ -10,7 +10,8 @@ from typing import Any, Iterable
 
 import cerberus
 
-from coordinator.frontend.diagnostics import Diagnostics, did_you_mean
+from coordinator.frontend.diagnostics import Diagnostics
+from shared.suggest import did_you_mean
 from coordinator.frontend.fastcheck import conforms
 from coordinator.frontend.yaml_source import Path, SourceMap
 

@@ -9,7 +9,8 @@ import posixpath
 from typing import Any
 
 from coordinator.frontend import matrix as matrix_mod
-from coordinator.frontend.diagnostics import Diagnostics, did_you_mean
+from coordinator.frontend.diagnostics import Diagnostics
+from shared.suggest import did_you_mean
 from coordinator.frontend.schema import field_path
 from coordinator.frontend.yaml_source import Path, SourceMap
 from shared import dag, expressions
@@ -73,7 +74,8 @@ class SemanticChecker:
                 self.error(path + ("artifacts", "paths", i), f"job '{name}': artifact path '{pattern}' escapes the workspace", "use a path relative to the workspace, without '..' above it")
         conditional = job.get("conditional")
         if isinstance(conditional, str):
-            self.check_expression(conditional, path + ("conditional",), CONDITION_ROOTS, status_functions=True)
+            self.check_expression(conditional, path + ("conditional",), CONDITION_ROOTS, status_functions=True,
+                                  condition=True)
             self.check_condition_jobs(name, job, conditional, path + ("conditional",))
 
     def check_steps(self, job_name: str, steps: list) -> None:
@@ -101,13 +103,16 @@ class SemanticChecker:
             if isinstance(workdir, str) and escapes_workspace(workdir):
                 self.error(path + ("working_directory",), f"{label}: working_directory '{workdir}' escapes the workspace", "use a path relative to the workspace, without '..' above it")
 
-    def check_expression(self, source: str, path: Path, roots: frozenset[str], *, status_functions: bool) -> None:
-        for problem in expressions.check(source, roots=roots, status_functions=status_functions):
+    def check_expression(self, source: str, path: Path, roots: frozenset[str], *, status_functions: bool,
+                         condition: bool = False) -> None:
+        # A condition may be wrapped whole in ${{ }}, as GitHub allows in if:.
+        for problem in expressions.check(source, roots=roots, status_functions=status_functions,
+                                         condition=condition):
             self.error(path, f"{field_path(path)}: {problem.message} in expression '{source}'")
 
     def check_condition_jobs(self, name: str, job: dict, source: str, path: Path) -> None:
         try:
-            used = expressions.referenced_jobs(expressions.parse(source))
+            used = expressions.referenced_jobs(expressions.parse_condition(source))
         except expressions.ExpressionError:
             return  # already reported by check_expression
         upstream = self.ancestors(name)

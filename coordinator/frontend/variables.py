@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence, Union
 
-from coordinator.frontend.diagnostics import did_you_mean
+from shared.suggest import did_you_mean
 
 __all__ = [
     "MAX_DEPTH",

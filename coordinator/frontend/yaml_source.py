@@ -1,14 +1,16 @@
 """The YAML source loader: pipeline file text to plain Python data plus a source map.
 
-The loader composes a node graph with libyaml (or PyYAML's pure Python composer when
-libyaml is missing) and builds the Python values itself, so that it decides what the
-YAML means rather than PyYAML's YAML 1.1 rules:
+The loader composes a node graph with libyaml and builds the Python values itself, so
+that it decides what the YAML means rather than PyYAML's YAML 1.1 rules:
 
 * scalars are typed with the YAML 1.2 core schema (``yes``, ``on`` and ``2024-01-01`` stay
   strings; quoted scalars are always strings);
 * only the standard tags for those types are accepted; every other tag is an error;
 * aliases are copied at every use and merge keys (``<<``) are applied, under limits on
   node count and nesting depth so that hostile files fail fast instead of exhausting memory;
+* where libyaml accepts text that YAML 1.2 forbids, or reads valid YAML 1.2 as something
+  else, the loader refuses it with an error of its own instead of loading wrong data
+  (``tests/coordinator/frontend/test_yaml_test_suite.py`` holds the cases);
 * every problem becomes a diagnostic with a line and column, never an exception.
 
 See ``docs/yaml.md`` for the user-facing description.
@@ -18,22 +20,27 @@ from __future__ import annotations
 import gc
 import math
 import re
+from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple
 
 import yaml
-from yaml.composer import Composer, ComposerError
+from yaml.composer import ComposerError
+from yaml.events import (CollectionEndEvent, CollectionStartEvent, ScalarEvent,
+                         StreamEndEvent)
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.parser import Parser
 from yaml.reader import Reader
-from yaml.scanner import Scanner
+from yaml.scanner import Scanner, ScannerError
+from yaml.tokens import (AliasToken, AnchorToken, DirectiveToken, KeyToken, ScalarToken,
+                         TagToken)
 
 from coordinator.frontend.diagnostics import Diagnostics, Position
 
 try:
     from yaml._yaml import CParser
-except ImportError:  # PyYAML built without libyaml: the pure Python composer is used.
+except ImportError:  # PyYAML built without libyaml: load_yaml reports it (docs/yaml.md).
     CParser = None
 
 MAX_INPUT_BYTES = 10 * 1024 * 1024
@@ -127,20 +134,22 @@ def load_yaml(text: str | bytes, diagnostics: Diagnostics) -> LoadedYaml | None:
     Returns None when any error was found; every error is added to ``diagnostics``.
     Never raises for bad input, whatever the bytes.
     """
-    return _load(text, diagnostics, use_libyaml=True)
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _load(text: str | bytes, diagnostics: Diagnostics, use_libyaml: bool) -> LoadedYaml | None:
+    if _LibyamlComposer is None:
+        # The pure Python parser of PyYAML reads a different YAML than libyaml in dozens
+        # of corner cases (see docs/yaml.md), so a pipeline would mean different things
+        # depending on how PyYAML was installed. Refusing is the honest outcome.
+        diagnostics.error(Position(1, 1), "cannot read YAML: this PyYAML was built without "
+                          "libyaml, which Conveyor needs",
+                          "reinstall it from a wheel: pip install --force-reinstall "
+                          "--only-binary=:all: pyyaml")
+        return None
     source = _decode(text, diagnostics)
     if source is None or not _check_characters(source, diagnostics):
         return None
     errors_before = len(diagnostics.errors)
     try:
         with _gc_paused():
-            loaded = _build_document(source, diagnostics, use_libyaml)
+            loaded = _build_document(source, diagnostics)
     except RecursionError:
         # Loading recurses once or twice per level, at most MAX_DEPTH levels; only a
         # caller already near the interpreter's limit gets here.
@@ -152,17 +161,34 @@ def _load(text: str | bytes, diagnostics: Diagnostics, use_libyaml: bool) -> Loa
     return loaded
 
 
-def _build_document(source: str, diagnostics: Diagnostics, use_libyaml: bool) -> LoadedYaml | None:
+# --------------------------------------------------------------------------- loading
+
+
+def _ends_in_a_blank_line(text: str) -> bool:
+    """Whether the last line is blanks without a line break after them.
+
+    libyaml drops such a line, while YAML (and the yaml-test-suite) count it: inside a
+    block scalar it is content.
+    """
+    content = text.rstrip(" \t")
+    return len(content) < len(text) and (not content or content[-1] in _BREAKS)
+
+
+def _build_document(source: str, diagnostics: Diagnostics) -> LoadedYaml | None:
     # The node graph is local to this function so that it is freed before the garbage
     # collector runs again, which then only has the result left to look at.
-    composed = _compose(source, diagnostics, use_libyaml)
+    text = source + "\n" if _ends_in_a_blank_line(source) else source
+    composed = _compose(text, len(source), diagnostics)
     if composed is None:
         return None
     root, nodes = composed
+    if (any(pattern.search(source) for pattern in _MAY_NEED_TOKEN_CHECK)
+            and not _TokenCheck(text, diagnostics).run()):
+        return None
     try:
-        uses = _AliasScan(source, nodes).run(root) if _MAY_HAVE_ALIAS.search(source) else {}
-        builder = _Builder(diagnostics, uses)
-        data = builder.node(root, (), 1, None)
+        uses = _AliasScan(text, nodes).run(root) if _MAY_HAVE_ALIAS.search(text) else {}
+        builder = _Builder(text, diagnostics, uses)
+        data = builder.root(root)
     except _Fatal as fatal:
         diagnostics.error(_position(fatal.mark), fatal.message, fatal.hint)
         return None
@@ -311,43 +337,45 @@ else:  # pragma: no cover - depends on how PyYAML was built
     _LibyamlComposer = None  # type: ignore[assignment,misc]
 
 
-class _PythonComposer(Reader, Scanner, Parser, Composer, _ComposerHooks):
+class _PythonEvents(Reader, Scanner, Parser):
+    """PyYAML's pure Python parser, used only to measure nesting (see _nesting_crossed)."""
+
     def __init__(self, text: str) -> None:
         Reader.__init__(self, text)
         Scanner.__init__(self)
         Parser.__init__(self)
-        Composer.__init__(self)
-        self._init_hooks()
 
 
-# Every alias token matches this (libyaml and PyYAML require a name character after
-# "*"), so a text without a match has no aliases and needs no alias scan.
+# Every alias token matches this (libyaml requires a name character after "*"), so a
+# text without a match has no aliases and needs no alias scan.
 _MAY_HAVE_ALIAS = re.compile(r"\*[0-9A-Za-z_-]")
 _ANCHOR_AT = re.compile(r"(?:![^\s]*\s+)?&([0-9A-Za-z_-]+)")
 _ALIAS_AT = re.compile(r"\*([0-9A-Za-z_-]+)")
+_NAME_AT = re.compile(r"[^\s]*")
+_YAML_VERSION_AT = re.compile(r"%YAML[ \t]+([0-9]+)\.([0-9]+)")
+_DOCUMENT_MARKER_AT = re.compile(r"(?:---|\.\.\.)(?:[\s]|\Z)")
+_BREAKS = "\r\n\x85\u2028\u2029"
 
 
-def _compose(text: str, diagnostics: Diagnostics,
-             use_libyaml: bool) -> tuple[Node, int] | None:
+def _compose(text: str, source_length: int,
+             diagnostics: Diagnostics) -> tuple[Node, int] | None:
     """The root node of the one document in ``text`` and its number of value nodes.
 
-    None after reporting why there is no such document.
+    None after reporting why there is no such document. ``source_length`` is the length
+    of the file's text, which ``text`` may extend by a line break.
     """
-    composer_class = _LibyamlComposer if use_libyaml and _LibyamlComposer is not None \
-        else _PythonComposer
-    composer = composer_class(text)
+    composer = _LibyamlComposer(text)
     try:
         root = composer.get_single_node()
     except _TooDeep as exc:
-        diagnostics.error(_node_position(exc.parent),
-                          f"the document is nested more than {MAX_DEPTH} levels deep")
+        diagnostics.error(_node_position(exc.parent), _TOO_DEEP)
         return None
     except _TooMany as exc:
         diagnostics.error(_node_position(exc.parent),
                           f"the document has more than {MAX_NODES:,} nodes")
         return None
     except yaml.MarkedYAMLError as exc:
-        _report_yaml_error(text, exc, diagnostics)
+        _report_yaml_error(text, source_length, exc, diagnostics)
         return None
     except yaml.YAMLError as exc:  # a ReaderError, which the character check should prevent
         diagnostics.error(Position(1, 1), f"cannot read the file: {exc}")
@@ -358,40 +386,143 @@ def _compose(text: str, diagnostics: Diagnostics,
     return root, composer._count
 
 
+_TOO_DEEP = f"the document is nested more than {MAX_DEPTH} levels deep"
+
+
 def _node_position(node: Node | None) -> Position:
     if node is None:
         return Position(1, 1)
     return Position(node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _report_yaml_error(text: str, exc: yaml.MarkedYAMLError, diagnostics: Diagnostics) -> None:
+def _report_yaml_error(text: str, source_length: int, exc: yaml.MarkedYAMLError,
+                       diagnostics: Diagnostics) -> None:
+    """Reports a libyaml error, in Conveyor's words wherever the error is recognised.
+
+    Errors are recognised by their class and by the text at their marks, never by
+    libyaml's or PyYAML's wording, which changes between versions.
+    """
     mark = exc.problem_mark or exc.context_mark
-    position = _position(mark) or Position(1, 1)
-    problem = exc.problem or exc.context or "invalid YAML"
+    if mark is not None and mark.index >= source_length:
+        # At the line break _build_document added, or at the end: the end of the file.
+        line, col = _advance(text, 0, source_length, 0, 0)
+        position = Position(line + 1, col + 1)
+    else:
+        position = _position(mark) or Position(1, 1)
+    index = mark.index if mark is not None else 0
     if isinstance(exc, ComposerError):
-        if problem == "but found another document":
-            diagnostics.error(position, "expected one YAML document",
-                              "a second document starts here")
+        _report_composer_error(text, exc, index, position, diagnostics)
+        return
+    if isinstance(exc, ScannerError) and text.startswith(("[", "{"), index):
+        # libyaml 0.2.6 (in PyYAML 6.0.4 wheels) stops at 1,000 nested levels; its
+        # scanner reads ahead of the composer on a line of "[" and can get there before
+        # the composer reaches level 201. Whether the document is too deep for us is
+        # measured, not inferred from libyaml's words.
+        too_deep = _nesting_crossed(text, index)
+        if too_deep is not None:
+            diagnostics.error(too_deep, _TOO_DEEP)
             return
-        if problem.startswith("found undefined alias"):
-            name = _ALIAS_AT.match(text, mark.index) if mark is not None else None
-            label = f" '*{name.group(1)}'" if name else ""
-            diagnostics.error(position, f"undefined alias{label}",
-                              "an anchor must be defined before its aliases")
-            return
-        if (exc.context or "").startswith("found duplicate anchor"):
-            name = _ANCHOR_AT.match(text, mark.index) if mark is not None else None
-            label = f" '&{name.group(1)}'" if name else ""
-            first = exc.context_mark.line + 1 if exc.context_mark is not None else "?"
-            diagnostics.error(position, f"duplicate anchor{label} (first defined at line {first})")
-            return
+    known = _known_syntax_problem(text, exc)
+    if known is not None:
+        at, message, known_hint = known
+        diagnostics.error(at or position, message, known_hint)
+        return
+    problem = exc.problem or exc.context or "the text cannot be parsed"
     hint = None
     if exc.context and exc.problem:
         hint = exc.context
         context_mark = exc.context_mark
         if context_mark is not None and _position(context_mark) != position:
             hint += f" at line {context_mark.line + 1}, column {context_mark.column + 1}"
-    diagnostics.error(position, problem, hint)
+    diagnostics.error(position, f"invalid YAML: {problem}", hint)
+
+
+def _report_composer_error(text: str, exc: yaml.MarkedYAMLError, index: int,
+                           position: Position, diagnostics: Diagnostics) -> None:
+    # The composer fails at an alias it cannot resolve, at a node whose anchor is
+    # already defined, or at the start of a second document.
+    if text.startswith("*", index):
+        name = _ALIAS_AT.match(text, index)
+        label = f" '*{name.group(1)}'" if name else ""
+        diagnostics.error(position, f"undefined alias{label}",
+                          "an anchor must be defined before its aliases")
+        return
+    anchor = _ANCHOR_AT.match(text, index)
+    first = exc.context_mark
+    if anchor is not None and first is not None and not _starts_document(text, index):
+        diagnostics.error(position, f"duplicate anchor '&{anchor.group(1)}' "
+                                    f"(first defined at line {first.line + 1})")
+        return
+    diagnostics.error(position, "expected one YAML document", "a second document starts here")
+
+
+def _line_start(text: str, index: int) -> int:
+    """The index where the line holding ``text[index]`` starts."""
+    return max(text.rfind(c, 0, index) for c in _BREAKS) + 1
+
+
+def _starts_document(text: str, index: int) -> bool:
+    """Whether a document starts at ``index``: a marker or directive, or after "..."."""
+    if _line_start(text, index) != index:
+        return False
+    if text.startswith("%", index) or _DOCUMENT_MARKER_AT.match(text, index):
+        return True
+    before = text[:index].rstrip()
+    return before.endswith("...")
+
+
+def _known_syntax_problem(text: str, exc: yaml.MarkedYAMLError
+                          ) -> tuple[Position | None, str, str] | None:
+    """Conveyor's position (None: libyaml's), message and hint for an error with a clear
+    cause, else None."""
+    problem, context = exc.problem_mark, exc.context_mark
+    at = text[problem.index] if problem is not None and problem.index < len(text) else ""
+    if isinstance(exc, ScannerError) and at == "\t":
+        if context is not None and text.startswith(("|", ">"), context.index):
+            return (None, "a tab character cannot indent the text of a block scalar",
+                    "libyaml only accepts spaces there; indent with spaces")
+        index = problem.index  # type: ignore[union-attr]
+        if not text[_line_start(text, index):index].strip(" \t"):
+            return (None, "a tab character cannot indent a line",
+                    "libyaml rejects tabs at the start of a line, even a blank one; use spaces")
+    if (isinstance(exc, ScannerError) and context is not None and context.column == 0
+            and text.startswith("%", context.index)):
+        name = _NAME_AT.match(text, context.index + 1).group()  # type: ignore[union-attr]
+        if name not in ("YAML", "TAG"):
+            return (_position(context), f"directive '%{name}' is not supported",
+                    "only %YAML and %TAG directives are allowed")
+    if not isinstance(exc, ScannerError) and problem is not None:
+        version = _YAML_VERSION_AT.match(text, problem.index)
+        if version is not None and version.group(1, 2) not in (("1", "1"), ("1", "2")):
+            return (None, f"YAML version {version.group(1)}.{version.group(2)} is not supported",
+                    "write %YAML 1.2 or leave the directive out")
+    return None
+
+
+def _nesting_crossed(text: str, until: int) -> Position | None:
+    """Where the document nests more than MAX_DEPTH levels before ``until``, or None.
+
+    Counted on PyYAML's pure Python parser, which builds no recursion and has no nesting
+    limit of its own, exactly as the composer hook counts: the root is level 1 and every
+    node one level deeper than its collection. The position is that of the collection
+    whose child crosses the limit, as the hook reports it.
+    """
+    events = _PythonEvents(text)
+    open_collections: list = []
+    try:
+        while True:
+            event = events.get_event()
+            if event.__class__ is StreamEndEvent or event.start_mark.index > until:
+                return None
+            if isinstance(event, (CollectionStartEvent, ScalarEvent)):
+                if len(open_collections) >= MAX_DEPTH:
+                    return _position(open_collections[-1])
+                if isinstance(event, CollectionStartEvent):
+                    open_collections.append(event.start_mark)
+            elif isinstance(event, CollectionEndEvent):
+                open_collections.pop()
+    except yaml.YAMLError:
+        return None
 
 
 # --------------------------------------------------------------------------- aliases
@@ -541,6 +672,115 @@ class _Mark(NamedTuple):
     column: int
 
 
+# --------------------------------------------------------------------------- token check
+
+
+# Text that may hold something only the token check finds: "#" right after another
+# character, "?" right before one, or an anchor or alias name running into a character
+# at which libyaml ends names. Most files have none and skip the check. (Each pattern
+# starts with a literal character, which the regex engine finds fast.)
+_COMMENT_CANDIDATE = re.compile(r"#(?<=[^\s]#)")
+_MAY_NEED_TOKEN_CHECK = (_COMMENT_CANDIDATE, re.compile(r"\?[^\s]"),
+                         re.compile(r"&[0-9A-Za-z_-]+[?:%@`]"),
+                         re.compile(r"\*[0-9A-Za-z_-]+[?:%@`]"))
+_BLOCK_HEADER_COMMENT = re.compile(r"[|>][0-9+-]*#")
+# What YAML 1.2 reads as one anchor, alias or plain scalar: up to a blank or a flow indicator.
+_YAML_NAME_AT = re.compile(r"[^\s,\[\]{}]*")
+_BLANK_OR_END = frozenset(" \t\r\n\x85\u2028\u2029")
+
+
+class _TokenCheck:
+    """Refuses text that libyaml's scanner reads differently from YAML 1.2.
+
+    The composed nodes cannot show these cases, so libyaml's token stream is read once
+    more, only for files that contain one of the patterns above:
+
+    * a comment right after other text (``"a"# c``, ``[a]#c``, ``>#c``): libyaml drops it
+      as a comment, YAML requires whitespace before ``#``;
+    * ``?x`` in a flow collection: libyaml reads an explicit key, YAML the scalar "?x";
+    * an anchor or alias name containing ``:``, ``?``, ``%``, ``@`` or a backquote:
+      libyaml ends the name there and reads the rest as a scalar, YAML keeps one name.
+    """
+
+    def __init__(self, text: str, diagnostics: Diagnostics) -> None:
+        self.text = text
+        self.diagnostics = diagnostics
+        self.ok = True
+
+    def report(self, index: int, message: str, hint: str | None = None) -> None:
+        line, col = _advance(self.text, 0, index, 0, 0)
+        self.diagnostics.error(Position(line + 1, col + 1), message, hint)
+        self.ok = False
+
+    def run(self) -> bool:
+        """Whether the text passed; every problem found is reported."""
+        text = self.text
+        # Where tokens with text (scalars, tags, anchors, directives) start and end: a
+        # "#" inside one is text, anywhere else a comment.
+        starts: list[int] = []
+        ends: list[int] = []
+        scanner = CParser(text)
+        try:
+            token = scanner.get_token()
+            while token is not None:
+                kind = token.__class__
+                if kind is KeyToken:
+                    self.key(token.start_mark.index, token.end_mark.index)
+                elif kind in (ScalarToken, TagToken, AnchorToken, AliasToken, DirectiveToken):
+                    start, end = token.start_mark.index, token.end_mark.index
+                    starts.append(start)
+                    ends.append(end)
+                    if kind is ScalarToken and token.style in ("|", ">"):
+                        header = _BLOCK_HEADER_COMMENT.match(text, start)
+                        if header is not None:
+                            self.comment(header.end() - 1)
+                    elif kind is AnchorToken or kind is AliasToken:
+                        self.name(kind is AnchorToken, start, end)
+                token = scanner.get_token()
+        except yaml.YAMLError:  # pragma: no cover - the same text composed without error
+            return self.ok
+
+        def outside_tokens(index: int) -> bool:
+            inside = bisect_right(starts, index) - 1
+            return inside < 0 or ends[inside] <= index
+
+        for candidate in _COMMENT_CANDIDATE.finditer(text):
+            index = candidate.start()
+            if not outside_tokens(index):
+                continue
+            # The first "#" outside tokens on a line starts a comment: any later one on
+            # the line is comment text.
+            earlier = text.find("#", _line_start(text, index), index)
+            while earlier != -1 and not outside_tokens(earlier):
+                earlier = text.find("#", earlier + 1, index)
+            if earlier == -1:
+                self.comment(index)
+        return self.ok
+
+    def comment(self, index: int) -> None:
+        self.report(index, "a comment must follow a space or a tab",
+                    "add a space before '#', or quote the text if '#' belongs to it")
+
+    def key(self, start: int, end: int) -> None:
+        text = self.text
+        if end == start + 1 and text[start] == "?" and end < len(text) \
+                and text[end] not in _BLANK_OR_END:
+            scalar = _YAML_NAME_AT.match(text, start).group()  # type: ignore[union-attr]
+            scalar = scalar.split(":")[0]
+            self.report(start, f"'{scalar}' in a flow collection must be quoted",
+                        "libyaml reads '?' followed by a non-space as an explicit key; "
+                        "put a space after '?' if a key is what you mean")
+
+    def name(self, anchor: bool, start: int, end: int) -> None:
+        text = self.text
+        if end < len(text) and text[end] in "?:%@`":
+            written = _YAML_NAME_AT.match(text, start).group()  # type: ignore[union-attr]
+            kind = "anchor" if anchor else "alias"
+            self.report(start, f"{kind} name '{written}' is not supported",
+                        f"libyaml ends the name before '{text[end]}'; anchor and alias "
+                        "names may use letters, digits, '-' and '_'")
+
+
 # --------------------------------------------------------------------------- building
 
 
@@ -553,6 +793,10 @@ _CONSTANTS: dict[str, object] = {
     "-.inf": -math.inf, "-.Inf": -math.inf, "-.INF": -math.inf,
     ".nan": math.nan, ".NaN": math.nan, ".NAN": math.nan,
 }
+# An indicator alone is no plain scalar in YAML 1.2 ("[-]", "- [-, -]"), but libyaml
+# reads "-" followed by "," or "]" as the string "-".
+_LONE_INDICATOR = object()
+_CONSTANTS.update({"-": _LONE_INDICATOR, "?": _LONE_INDICATOR, ":": _LONE_INDICATOR})
 _MISSING = object()
 _NUMBER_START = frozenset("0123456789+-.")
 _DECIMAL = re.compile(r"[-+]?[0-9]+")
@@ -562,6 +806,10 @@ _FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
 
 
 class _BadScalar(Exception):
+    pass
+
+
+class _LoneIndicator(Exception):
     pass
 
 
@@ -582,6 +830,8 @@ def _plain(text: str) -> object:
     """The YAML 1.2 core schema value of a plain scalar."""
     value = _CONSTANTS.get(text, _MISSING)
     if value is not _MISSING:
+        if value is _LONE_INDICATOR:
+            raise _LoneIndicator
         return value
     if text[0] in _NUMBER_START:
         value = _core_int(text)
@@ -623,6 +873,16 @@ def _show_tag(tag: str) -> str:
     return "!!" + tag[len(_STD):] if tag.startswith(_STD) else tag
 
 
+# A "!" that is a whole tag: the non-specific tag, which makes a scalar a string. The
+# composers hand such a scalar over as if it had no tag, so the text is looked at.
+_MAY_HAVE_BARE_TAG = re.compile(r"!(?=[\s,\[\]{}]|\Z)")
+_PROPERTY_AT = re.compile(r"([!&][^\s,\[\]{}]*)(?:\s|#[^\r\n\x85\u2028\u2029]*)*")
+_BLOCK_HEADER_AT = re.compile(r"(?:(?:![^\s]*|&[^\s]+)\s+)*[|>]([0-9+-]*)")
+_SPACES_AT = re.compile(r" *")
+_CLOSING_LINE = re.compile(r"[\]}][\]}, \t]*(?:#[^\r\n\x85\u2028\u2029]*)?"
+                           r"(?:[\r\n\x85\u2028\u2029]|\Z)")
+
+
 class _Builder:
     """Builds plain Python values from a composed node graph, recording the source map.
 
@@ -632,7 +892,10 @@ class _Builder:
     are written, once however often the anchor is copied.
     """
 
-    def __init__(self, diagnostics: Diagnostics, uses: dict[Node, dict[int, _AliasUse]]) -> None:
+    def __init__(self, text: str, diagnostics: Diagnostics,
+                 uses: dict[Node, dict[int, _AliasUse]]) -> None:
+        self.text = text
+        self.bare_tags = _MAY_HAVE_BARE_TAG.search(text) is not None
         self.diagnostics = diagnostics
         self.uses = uses
         self.values: dict[Path, int] = {}
@@ -645,6 +908,12 @@ class _Builder:
         if (line, column, message) not in self.reported:
             self.reported.add((line, column, message))
             self.diagnostics.error(Position(line + 1, column + 1), message, hint)
+
+    def root(self, node: Node) -> object:
+        """The value of the document whose root node is ``node``."""
+        if node.__class__ is ScalarNode and node.end_mark.line != node.start_mark.line:
+            self.lines(node, None)
+        return self.node(node, (), 1, None)
 
     def node(self, node: Node, path: Path, depth: int, site: object) -> object:
         mark = node.start_mark
@@ -700,6 +969,8 @@ class _Builder:
         tag = node.tag
         try:
             if tag is _PLAIN:
+                if self.bare_tags and self.non_specific(node):
+                    return node.value
                 return _plain(node.value)
             if tag is _QUOTED or tag == STR_TAG:
                 return node.value
@@ -711,16 +982,134 @@ class _Builder:
         except _BadScalar as exc:
             self.report(node.start_mark, str(exc))
             return None
+        except _LoneIndicator:
+            # Followed by ":" it is a key, as YAML 1.2 reads "-: x"; else libyaml took
+            # an indicator that YAML forbids there for a scalar.
+            if self.text.startswith(":", node.end_mark.index):
+                return node.value
+            self.report(node.start_mark, f"'{node.value}' alone is not a plain scalar",
+                        f"quote it: '{node.value}'")
+            return None
         if value is _MISSING:
             self.report(node.start_mark, f"'{node.value}' is not a valid {_show_tag(tag)} value")
             return None
         return value
+
+    def non_specific(self, node: ScalarNode) -> bool:
+        """Whether ``node`` is tagged with the non-specific tag "!" (a string then)."""
+        text, index = self.text, node.start_mark.index
+        # Without properties, the node starts with its text, which for a plain scalar
+        # cannot be "!" or "&".
+        if not text.startswith(("!", "&"), index):
+            return False
+        for _ in range(2):  # a tag and an anchor at most
+            found = _PROPERTY_AT.match(text, index)
+            if found is None:
+                return False
+            if found.group(1) == "!":
+                return True
+            index = found.end()
+        return False
+
+    # -- lines of multi-line nodes
+
+    def lines(self, node: Node, parent: Node | None) -> None:
+        """Checks a node written over several lines inside block collection ``parent``.
+
+        libyaml does not check that the lines of a flow collection or quoted scalar are
+        indented more than the block collection around them, nor that a block scalar's
+        leading empty lines are no longer than its first line; YAML requires both.
+        """
+        if node.__class__ is ScalarNode:
+            style = node.style
+            if style == "|" or style == ">":
+                self.block_scalar(node, -1 if parent is None else self.block_column(parent))
+            elif (style == '"' or style == "'") and parent is not None:
+                self.flow_lines(node, self.block_column(parent), "quoted string")
+        elif node.flow_style and parent is not None:  # type: ignore[attr-defined]
+            kind = "sequence" if node.__class__ is SequenceNode else "mapping"
+            self.flow_lines(node, self.block_column(parent), f"flow {kind}")
+
+    def block_column(self, parent: Node) -> int:
+        """The indentation of a block collection: the column of its keys or dashes."""
+        text, mark = self.text, parent.start_mark
+        entries = parent.value
+        if not text.startswith(("!", "&"), mark.index) or not entries:
+            return mark.column
+        # The collection starts with its tag or anchor, on an earlier line than its
+        # entries: the first entry, or the "-" or "?" before it, gives the column.
+        first = entries[0][0] if parent.__class__ is MappingNode else entries[0]
+        index, column = first.start_mark.index, first.start_mark.column
+        before = index
+        while before > 0 and text[before - 1] in " \t":
+            before -= 1
+        if before > 0 and text[before - 1] in "-?":
+            return column - (index - before + 1)
+        return column
+
+    def flow_lines(self, node: Node, indent: int, what: str) -> None:
+        """Reports the first line of ``node`` indented ``indent`` spaces or less."""
+        text = self.text
+        start, end = node.start_mark, node.end_mark
+        line = start.line
+        for found in _BREAK.finditer(text, start.index, end.index):
+            line += 1
+            begin = found.end()
+            after = _SPACES_AT.match(text, begin).end()  # type: ignore[union-attr]
+            spaces = after - begin
+            rest = text[after:after + 1]
+            if spaces > indent or rest == "" or rest in _BREAKS:
+                continue
+            if rest == "\t":
+                line_end = _BREAK.search(text, after)
+                if not text[after:line_end.start() if line_end else len(text)].strip(" \t"):
+                    continue  # a line of blanks is an empty line
+                self.report(_Mark(after, line, spaces), "a tab character cannot indent a line",
+                            "YAML indents with spaces only")
+                return
+            if what != "quoted string" and (rest == "#" or _CLOSING_LINE.match(text, after)):
+                # A comment line; or the closing brackets alone, as JSON-style files write
+                # them: YAML wants one more space there, but nothing reads differently.
+                continue
+            self.report(_Mark(after, line, spaces),
+                        f"this line must be indented by at least {indent + 1} "
+                        f"space{'s' if indent else ''}",
+                        f"it continues the {what} from line {start.line + 1}")
+            return
+
+    def block_scalar(self, node: ScalarNode, indent: int) -> None:
+        """Reports a leading empty line longer than the block scalar's first line."""
+        text = self.text
+        header = _BLOCK_HEADER_AT.match(text, node.start_mark.index)
+        if header is None or any(c.isdigit() for c in header.group(1)):
+            return  # an explicit indentation leaves nothing to detect
+        found = _BREAK.search(text, header.end())
+        line = node.start_mark.line
+        longest = longest_line = 0
+        while found is not None:
+            line += 1
+            begin = found.end()
+            after = _SPACES_AT.match(text, begin).end()  # type: ignore[union-attr]
+            spaces = after - begin
+            if after < len(text) and text[after] not in _BREAKS:
+                if indent < spaces < longest:
+                    self.report(_Mark(begin, longest_line, 0),
+                                f"this empty line has {longest} spaces, more than the "
+                                f"{spaces} that indent the block scalar's first line",
+                                f"the block scalar starts at line {node.start_mark.line + 1}")
+                return
+            if spaces > longest:
+                longest, longest_line = spaces, line
+            found = _BREAK.match(text, after)
 
     # -- sequences
 
     def sequence(self, node: SequenceNode, path: Path, depth: int, site: object) -> list:
         uses = self.uses.get(node) if site is None else None
         values, scalar = self.values, self.scalar
+        # Lines are checked where they are written (not in copies), and only in block
+        # collections: a flow collection's own lines are checked as a whole.
+        block = site is None and not node.flow_style
         out: list = []
         append = out.append
         depth += 1
@@ -732,8 +1121,13 @@ class _Builder:
                 # Inlined node() for the most common case: a scalar in the document.
                 mark = child.start_mark
                 values[child_path] = mark.line << _LINE_SHIFT | mark.column
+                # Plain scalars (style '') keep to their indentation in libyaml.
+                if block and child.style and child.end_mark.line != mark.line:
+                    self.lines(child, node)
                 append(scalar(child))
             else:
+                if block and child.flow_style and child.end_mark.line != child.start_mark.line:
+                    self.lines(child, node)
                 append(self.node(child, child_path, depth, site))
         return out
 
@@ -751,6 +1145,7 @@ class _Builder:
         """
         uses = self.uses.get(node) if site is None else None
         values, keys, scalar = self.values, self.keys, self.scalar
+        block = site is None and not node.flow_style  # see sequence()
         child_depth = depth + 1
         first_merge: Node | None = None
         defined: set | None = None if blocked is None else set()
@@ -799,8 +1194,13 @@ class _Builder:
                 # Inlined node() for the most common case: a scalar in the document.
                 mark = value_node.start_mark
                 values[child_path] = mark.line << _LINE_SHIFT | mark.column
+                if block and value_node.style and value_node.end_mark.line != mark.line:
+                    self.lines(value_node, node)
                 out[key] = scalar(value_node)
             else:
+                if (block and value_node.flow_style
+                        and value_node.end_mark.line != value_node.start_mark.line):
+                    self.lines(value_node, node)
                 out[key] = self.node(value_node, child_path, child_depth, site)
 
     def first_line(self, node: MappingNode, before: int, key: object, site: object,

@@ -17,7 +17,15 @@ from .evaluator import (
     uses_status_function,
 )
 from .functions import FUNCTIONS, STATUS_FUNCTIONS, to_text, truthy
-from .parser import MAX_DEPTH, Expression, parse, referenced_jobs, unparse
+from .parser import (
+    MAX_DEPTH,
+    Expression,
+    condition_source,
+    parse,
+    parse_condition,
+    referenced_jobs,
+    unparse,
+)
 from .tokenizer import MAX_SOURCE_LENGTH, ExpressionError, end_of_embedded
 
 __all__ = [
@@ -35,9 +43,11 @@ __all__ = [
     "Limits",
     "check",
     "condition_met",
+    "condition_source",
     "end_of_embedded",
     "evaluate",
     "parse",
+    "parse_condition",
     "referenced_jobs",
     "to_text",
     "truthy",

@@ -5,11 +5,10 @@ with evaluation on which roots and functions exist.
 """
 from __future__ import annotations
 
-import difflib
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 from .functions import (
     FUNCTIONS,
@@ -39,10 +38,13 @@ from .parser import (
     Property,
     Root,
     String,
+    condition_source,
     parse,
+    parse_condition,
     walk,
 )
 from .tokenizer import ExpressionError
+from shared.suggest import closest
 
 KNOWN_ROOTS = frozenset({"env", "vars", "jobs", "pipeline"})
 JOB_PROPERTIES = ("status",)
@@ -98,8 +100,9 @@ def condition_met(expr: Expression | str, context: Context, *, limits: Limits = 
 
     As in GitHub Actions, a condition that calls no status function means
     ``success() && (condition)``: ``env.DEPLOY == 'yes'`` does not run after a failure.
+    A condition may be wrapped whole in ``${{ }}``, as in GitHub's ``if:``.
     """
-    tree = parse(expr) if isinstance(expr, str) else expr
+    tree = parse_condition(expr) if isinstance(expr, str) else expr
     if not uses_status_function(tree) and not truthy(evaluate(Call("success"), context, limits=limits)):
         return False
     return truthy(evaluate(tree, context, limits=limits))
@@ -241,18 +244,8 @@ def _function(node: Call) -> Function:
     return function
 
 
-def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    """The candidate ``word`` is probably a typo of, if any."""
-    candidates = sorted(candidates)
-    for candidate in candidates:
-        if candidate.lower() == word.lower():
-            return candidate
-    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-    return close[0] if close else None
-
-
 def _unknown_function(name: str) -> str:
-    suggestion = did_you_mean(name, FUNCTIONS)
+    suggestion = closest(name, FUNCTIONS)
     if suggestion:
         return f"unknown function '{name}' (did you mean '{suggestion}'?)"
     return f"unknown function '{name}' (functions: {', '.join(sorted(FUNCTIONS))})"
@@ -262,7 +255,7 @@ def _unknown_root(name: str, roots: frozenset[str]) -> str:
     if name in KNOWN_ROOTS:
         why = " (a job's result is only known in its 'conditional')" if name == "jobs" else ""
         return f"'{name}' is not available here{why}"
-    suggestion = did_you_mean(name, set(roots) | {"true", "false", "null"})
+    suggestion = closest(name, set(roots) | {"true", "false", "null"})
     if suggestion:
         return f"unknown name '{name}' (did you mean '{suggestion}'?)"
     return f"unknown name '{name}' (names are {', '.join(sorted(roots))}; quote text like '{name}')"
@@ -278,16 +271,18 @@ def check(
     *,
     roots: frozenset[str] = DEFAULT_ROOTS,
     status_functions: bool = True,
+    condition: bool = False,
 ) -> list[ExpressionError]:
     """Every problem validation can find in ``source`` without evaluating it, in source order.
 
     Syntax errors, unknown names and functions, wrong argument counts, status functions
     where ``status_functions`` is False, unknown ``jobs.NAME`` properties and malformed
     literal format() templates. For ``${{ }}`` in strings, pass
-    ``roots=TEMPLATE_ROOTS, status_functions=False``.
+    ``roots=TEMPLATE_ROOTS, status_functions=False``. With ``condition``, ``source`` is a
+    job condition, which may be wrapped whole in ``${{ }}`` (see condition_source).
     """
     try:
-        tree = parse(source)
+        tree = parse(condition_source(source) if condition else source)
     except ExpressionError as error:
         return [error]
     errors: list[ExpressionError] = []
@@ -302,7 +297,7 @@ def check(
             and _is_job(node.target)
             and node.name not in JOB_PROPERTIES
         ):
-            suggestion = did_you_mean(node.name, JOB_PROPERTIES) or "status"
+            suggestion = closest(node.name, JOB_PROPERTIES) or "status"
             errors.append(
                 ExpressionError(
                     f"a job has no property '{node.name}' (did you mean '{suggestion}'?)", node.offset
@@ -323,7 +318,7 @@ def _status_literal_errors(node: Compare) -> list[ExpressionError]:
             and isinstance(other, String)
             and other.value not in JOB_STATUSES
         ):
-            suggestion = did_you_mean(other.value, JOB_STATUSES)
+            suggestion = closest(other.value, JOB_STATUSES)
             hint = f"did you mean '{suggestion}'?" if suggestion else f"statuses: {', '.join(JOB_STATUSES)}"
             return [ExpressionError(f"'{other.value}' is not a job status ({hint})", other.offset)]
     return []

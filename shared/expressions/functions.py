@@ -121,9 +121,16 @@ def _float_text(value: float) -> str:
 
 
 def to_json(value: object) -> str:
-    """Compact JSON for a value; raises CallError for what JSON cannot hold."""
+    """Compact JSON for a value; raises CallError for what JSON cannot hold.
+
+    NaN and the infinities are not JSON: they are written as ``null``, as JavaScript's
+    JSON.stringify does, so that the text is always valid JSON.
+    """
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_jsonable)
+        try:
+            text = _dumps(value)
+        except ValueError:  # a NaN or an infinity somewhere (the rare case, so retried)
+            text = _dumps(_finite(value, 0))
     except (TypeError, ValueError, RecursionError) as error:
         raise CallError(f"cannot convert {type_name(value)} to JSON: {error}") from None
     if len(text) > MAX_TEXT_LENGTH:
@@ -131,9 +138,27 @@ def to_json(value: object) -> str:
     return text
 
 
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_jsonable,
+                      allow_nan=False)
+
+
+def _finite(value: object, depth: int) -> object:
+    """``value`` with every NaN or infinity replaced by None."""
+    if depth > MAX_VALUE_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_VALUE_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if is_list(value):
+        return [_finite(item, depth + 1) for item in value]  # type: ignore[attr-defined]
+    if is_map(value):
+        return {key: _finite(item, depth + 1) for key, item in value.items()}  # type: ignore[attr-defined]
+    return value
+
+
 def _jsonable(value: object) -> object:
     if is_map(value):
-        return dict(value)
+        return dict(value)  # type: ignore[call-overload]
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
@@ -231,6 +256,7 @@ class Function:
     impl: Callable[[Sequence[object], Runtime], object]
     summary: str
     status: bool = False
+    odd: bool = False  # takes an odd number of arguments, like case()
 
     @property
     def name(self) -> str:
@@ -239,6 +265,9 @@ class Function:
     def arity_error(self, count: int) -> str | None:
         """The message for calling with ``count`` arguments, or None when that is fine."""
         if count >= self.min_args and (self.max_args is None or count <= self.max_args):
+            if self.odd and count % 2 == 0:
+                return (f"{self.name}() takes an odd number of arguments, got {count} "
+                        f"(usage: {self.signature})")
             return None
         if self.max_args is None:
             expected = f"at least {_plural(self.min_args)}"
@@ -277,7 +306,11 @@ def _ends_with(args: Sequence[object], runtime: Runtime) -> bool:
 
 def _join(args: Sequence[object], runtime: Runtime) -> str:
     value = args[0]
-    separator = to_text(args[1]) if len(args) > 1 else ","
+    # As in GitHub: a list or map as separator is ignored, and a map joins to ''.
+    separator = args[1] if len(args) > 1 else ","
+    separator = "," if is_list(separator) or is_map(separator) else to_text(separator)
+    if is_map(value):
+        return ""
     if not is_list(value):
         return to_text(value)
     pieces: list[str] = []
@@ -380,6 +413,18 @@ def _to_json(args: Sequence[object], runtime: Runtime) -> str:
     return to_json(args[0])
 
 
+def _case(args: Sequence[object], runtime: Runtime) -> object:
+    # Conditions and values in pairs, then the default: GitHub's case().
+    for i in range(0, len(args) - 1, 2):
+        condition = args[i]
+        if not isinstance(condition, bool):
+            raise CallError(f"case(): argument {i + 1} is a condition and must be true or "
+                            f"false, got {type_name(condition)}")
+        if condition:
+            return args[i + 1]
+    return args[-1]
+
+
 def _dependency_ok(status: str, allow_failure: bool) -> bool:
     return status == JOB_SUCCESS or (status == JOB_FAILED and allow_failure)
 
@@ -415,6 +460,7 @@ FUNCTIONS: dict[str, Function] = {
         Function("format(template, args...)", 1, None, _format, "template with {0}, {1}... replaced by the arguments"),
         Function("fromJSON(s)", 1, 1, _from_json, "the value JSON text s stands for"),
         Function("toJSON(v)", 1, 1, _to_json, "v as compact JSON text"),
+        Function("case(condition, value, ..., default)", 3, None, _case, "the value after the first true condition, else the default", odd=True),
         Function("success()", 0, 0, _success, "every dependency succeeded or failed with allow_failure, and the run is not being cancelled", status=True),
         Function("failure()", 0, 0, _failure, "some dependency failed (without allow_failure)", status=True),
         Function("always()", 0, 0, _always, "true", status=True),

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .tokenizer import KEYWORDS, ExpressionError, Token, column, tokenize
+from .tokenizer import KEYWORDS, ExpressionError, Token, column, end_of_embedded, tokenize
 
 MAX_DEPTH = 50
 """Deepest nesting accepted: brackets while parsing, and levels of the finished tree."""
@@ -114,6 +114,39 @@ def parse(source: str) -> Expression:
     if not isinstance(source, str):
         raise TypeError(f"an expression is a str, not {type(source).__name__}")
     return _parse_cached(source)
+
+
+_WRAPPER_START = re.compile(r"\s*\$\{\{")
+
+
+def condition_source(source: str) -> str:
+    """The expression of a job condition, with a ``${{ }}`` wrapper blanked out.
+
+    A condition is an expression. As GitHub allows in ``if:``, it may also be wrapped
+    whole in ``${{ }}``: ``${{ env.A == 'x' }}`` is the condition ``env.A == 'x'``. The
+    wrapper is replaced by spaces, so that error columns still count in ``source``.
+    Raises ExpressionError when a wrapper is not closed or does not wrap everything.
+    """
+    opened = _WRAPPER_START.match(source)
+    if opened is None:
+        return source
+    start = opened.end()
+    end = end_of_embedded(source, start)
+    rest = end + 2
+    if source[rest:].strip():
+        extra = rest + len(source[rest:]) - len(source[rest:].lstrip())
+        raise ExpressionError(
+            f"unexpected text after the '}}}}' that closes '${{{{' at column {column(extra)} "
+            "(a condition wrapped in '${{ }}' must be wrapped whole: put all of it inside, "
+            "or leave '${{ }}' out)",
+            extra,
+        )
+    return " " * start + source[start:end]
+
+
+def parse_condition(source: str) -> Expression:
+    """Parse a job condition, bare or wrapped whole in ``${{ }}`` (see condition_source)."""
+    return parse(condition_source(source))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -392,6 +425,5 @@ def _target(node: Expression, depth: int) -> str:
 
 
 def quote(text: str) -> str:
-    """``text`` as a single-quoted expression string literal."""
-    escaped = text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\t", "\\t")
-    return f"'{escaped}'"
+    """``text`` as a single-quoted expression string literal (a quote doubled, as in GitHub)."""
+    return "'" + text.replace("'", "''") + "'"

@@ -25,6 +25,8 @@ _PROPERTY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*", re.ASCII)
 _WORD = re.compile(r"-?[A-Za-z0-9_.]*", re.ASCII)
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 _WHITESPACE = frozenset(" \t\r\n")
+# Escapes of double-quoted strings, a Conveyor addition. In single-quoted strings a
+# backslash is an ordinary character, as in GitHub: '\d+' is the four characters.
 _ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t"}
 # Single characters users type from other languages; each gets a pointed hint.
 _LOOKALIKES = {"=": "==", "&": "&&", "|": "||"}
@@ -125,26 +127,31 @@ def tokenize(source: str) -> list[Token]:
 
 
 def _string(source: str, start: int) -> tuple[str, int]:
-    """Decode the quoted string starting at ``start``; returns (value, end offset)."""
+    """Decode the quoted string starting at ``start``; returns (value, end offset).
+
+    In '...' only '' is special (a quote); in "..." backslash escapes are.
+    """
     quote = source[start]
+    escape_char = "\\" if quote == '"' else quote
     parts: list[str] = []
     i, n = start + 1, len(source)
     while True:
         # Copy the run of ordinary characters in one slice: strings can be most of 4 KiB.
         j = i
-        while j < n and source[j] != quote and source[j] != "\\":
+        while j < n and source[j] != quote and source[j] != escape_char:
             j += 1
         parts.append(source[i:j])
         if j >= n:
             raise ExpressionError(f"unterminated string (opened at column {column(start)})", start)
-        if source[j] == "\\":
+        if quote == '"' and source[j] == "\\":
             if j + 1 >= n:
                 raise ExpressionError(f"unterminated string (opened at column {column(start)})", start)
             escape = source[j + 1]
             if escape not in _ESCAPES:
                 raise ExpressionError(
                     f"unknown escape '\\{escape}' at column {column(j)} "
-                    "(known: \\\\ \\' \\\" \\n \\t)",
+                    "(known in \"...\": \\\\ \\' \\\" \\n \\t; in '...' a backslash is "
+                    "an ordinary character)",
                     j,
                 )
             parts.append(_ESCAPES[escape])
@@ -225,7 +232,7 @@ def _skip_string(text: str, start: int) -> int:
     quote = text[start]
     i, n = start + 1, len(text)
     while i < n:
-        if text[i] == "\\":
+        if text[i] == "\\" and quote == '"':
             i += 2
         elif text[i] == quote:
             if quote == "'" and text.startswith("''", i):

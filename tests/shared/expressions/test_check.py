@@ -1,5 +1,14 @@
-"""check(): what validation reports without running anything."""
-from shared.expressions import TEMPLATE_ROOTS, check
+"""check(): what validation reports without running anything; conditions in ${{ }}."""
+import pytest
+
+from shared.expressions import (
+    TEMPLATE_ROOTS,
+    Context,
+    check,
+    condition_met,
+    parse,
+    parse_condition,
+)
 
 
 def messages(source, **kwargs):
@@ -57,3 +66,50 @@ def test_comparing_a_job_status_with_a_non_status_is_an_error():
     assert messages("'ok' != jobs['test[PY=3.11]'].status")[0][0].startswith(
         "'ok' is not a job status (statuses: pending, running")
     assert check("jobs.build.status == 'skipped' || jobs.x.status != env.S") == []
+
+
+# -- conditions wrapped in ${{ }} ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "wrapped, bare",
+    [
+        ("${{ env.A == 'x' }}", "env.A == 'x'"),
+        ("  ${{always()}}  ", "always()"),
+        ("${{ format('{{0}}') == '}}' }}", "format('{{0}}') == '}}'"),
+        ("${{\n  failure() && jobs.build.status == 'failed'\n}}", "failure() && jobs.build.status == 'failed'"),
+    ],
+)
+def test_a_condition_wrapped_whole_in_dollar_braces_is_the_same_condition(wrapped, bare):
+    assert parse_condition(wrapped) == parse(bare)
+    assert check(wrapped, condition=True) == []
+    context = Context(env={"A": "x"}, jobs={"build": "failed"},
+                      dependency_results={"build": ("failed", False)})
+    assert condition_met(wrapped, context) is condition_met(bare, context)
+
+
+def test_a_wrapped_condition_keeps_the_implicit_success():
+    failed = Context(env={"A": "x"}, dependency_results={"build": ("failed", False)})
+    assert condition_met("${{ env.A == 'x' }}", failed) is False
+    assert condition_met("${{ always() && env.A == 'x' }}", failed) is True
+
+
+@pytest.mark.parametrize(
+    "source, message, offset",
+    [
+        # Columns count in the condition as written, wrapper included.
+        ("${{ env.A == }}", "unexpected end of expression at column 14", 13),
+        ("${{ nope }}", "unknown name 'nope'", 4),
+        ("${{ env.A }} && ${{ env.B }}", "unexpected text after the '}}' that closes '${{' at column 14", 13),
+        ("${{ env.A == 'x'", "missing '}}' to close '${{'", 0),
+    ],
+)
+def test_wrapped_condition_errors_point_into_the_written_text(source, message, offset):
+    [error] = check(source, condition=True)
+    assert error.message.startswith(message)
+    assert error.offset == offset
+
+
+def test_outside_conditions_dollar_braces_are_not_an_expression():
+    # ${{ }} is how a string embeds an expression; inside an expression it is an error.
+    assert check("${{ env.A }}")[0].message == "unexpected character '$' at column 1"

@@ -1,4 +1,6 @@
 """Built-in functions, one group each, and the status functions."""
+import json
+
 import pytest
 
 from shared.expressions import Context, ExpressionError, condition_met, evaluate
@@ -53,10 +55,48 @@ def test_starts_and_ends_with(source, expected):
         ("join(fromJSON('[null, true, 1.0]'), ' ')", " true 1"),
         ("join('already text', '-')", "already text"),
         ("join(null)", ""),
+        # As in GitHub: a separator is converted to text, except a list or a map, which
+        # is ignored; a map joins to nothing.
+        ("join(fromJSON('[1, 2]'), 0)", "102"),
+        ("join(fromJSON('[1, 2]'), true)", "1true2"),
+        ("join(fromJSON('[1, 2]'), null)", "12"),
+        ("join(fromJSON('[1, 2]'), fromJSON('[\"x\"]'))", "1,2"),
+        ("join(fromJSON('[1, 2]'), fromJSON('{}'))", "1,2"),
+        ("join(fromJSON('{\"a\": 1}'))", ""),
     ],
 )
 def test_join(source, expected):
     assert ev(source) == expected
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("case(true, 'a', 'b')", "a"),
+        ("case(false, 'a', 'b')", "b"),
+        ("case(false, 'a', 1 == 1, 2, 'c')", 2),
+        ("case(env.BR == 'refs/heads/main', 'prod', 'dev')", "prod"),
+        ("case(false, 'a', false, 'b', fromJSON('[1]'))", [1]),
+    ],
+)
+def test_case_gives_the_value_after_the_first_true_condition(source, expected):
+    assert ev(source) == expected
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("case(true, 'a')", "case() takes at least 3 arguments, got 2"),
+        ("case(true, 'a', false, 'b')", "case() takes an odd number of arguments, got 4"),
+        ("case('yes', 'a', 'b')", "case(): argument 1 is a condition and must be true or false, "
+                                  "got string"),
+        ("case(false, 'a', null, 'b', 'c')", "case(): argument 3 is a condition"),
+    ],
+)
+def test_case_errors(source, message):
+    with pytest.raises(ExpressionError) as caught:
+        ev(source)
+    assert caught.value.message.startswith(message)
 
 
 @pytest.mark.parametrize(
@@ -95,6 +135,21 @@ def test_from_json_and_to_json():
     assert ev("toJSON(fromJSON('{\"a\": [1, \"x\"]}'))") == '{"a":[1,"x"]}'
     assert ev("toJSON('say \"hi\"')") == '"say \\"hi\\""'
     assert ev("toJSON(null)") == "null"
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("toJSON(fromJSON('NaN'))", "null"),
+        ("toJSON(fromJSON('[NaN, Infinity, -Infinity, 1.5]'))", "[null,null,null,1.5]"),
+        ("toJSON(fromJSON('{\"a\": {\"b\": NaN}}'))", '{"a":{"b":null}}'),
+        ("format('{0}', fromJSON('[NaN]'))", "[null]"),
+    ],
+)
+def test_to_json_writes_nan_and_infinities_as_null_so_the_text_is_json(source, expected):
+    text = ev(source)
+    assert text == expected
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in {text}"))
 
 
 @pytest.mark.parametrize(

@@ -16,17 +16,22 @@ def values(source):
 @pytest.mark.parametrize(
     "source, expected",
     [
-        (r"'a\\b'", "a\\b"),
-        (r"'it\'s'", "it's"),
-        (r'"say \"hi\""', 'say "hi"'),
-        (r"'line\nnext\ttab'", "line\nnext\ttab"),
+        # In '...' a backslash is an ordinary character, as in GitHub; '' is a quote.
+        (r"'a\\b'", r"a\\b"),
+        (r"'line\nnext\ttab'", r"line\nnext\ttab"),
+        (r"'C:\'", "C:\\"),
+        (r"'^v\d+$'", r"^v\d+$"),
         ("'it''s'", "it's"),
-        ('"double \'single\' inside"', "double 'single' inside"),
         ("''", ""),
+        ("'two\nlines'", "two\nlines"),
         ("'ünïcode ✓'", "ünïcode ✓"),
+        # "..." (a Conveyor addition) takes backslash escapes.
+        (r'"say \"hi\""', 'say "hi"'),
+        (r'"line\nnext\ttab \\ \'"', "line\nnext\ttab \\ '"),
+        ('"double \'single\' inside"', "double 'single' inside"),
     ],
 )
-def test_string_literals_decode_escapes(source, expected):
+def test_string_literals(source, expected):
     assert values(source) == [expected]
 
 
@@ -37,6 +42,11 @@ def test_string_literals_decode_escapes(source, expected):
 def test_numbers(source, expected):
     [value] = values(source)
     assert value == expected and type(value) is type(expected)
+
+
+def test_a_backslash_does_not_escape_the_closing_single_quote():
+    assert [(t.kind, t.value) for t in tokenize(r"'C:\' == x")] == [
+        ("string", "C:\\"), ("==", "=="), ("name", "x"), ("eof", None)]
 
 
 def test_operators_longest_match_first():
@@ -68,8 +78,8 @@ def test_offsets_point_into_the_source():
     [
         ("'abc", "unterminated string (opened at column 1)", 0),
         ("x == \"abc", "unterminated string (opened at column 6)", 5),
-        ("'abc\\", "unterminated string (opened at column 1)", 0),
-        ("'a\\qb'", "unknown escape '\\q' at column 3", 2),
+        ("\"abc\\", "unterminated string (opened at column 1)", 0),
+        ("\"a\\qb\"", "unknown escape '\\q' at column 3", 2),
         ("a = b", "unexpected '=' at column 3 (did you mean '=='?)", 2),
         ("a & b", "unexpected '&' at column 3 (did you mean '&&'?)", 2),
         ("a | b", "unexpected '|' at column 3 (did you mean '||'?)", 2),
@@ -103,6 +113,13 @@ def test_end_of_embedded_skips_braces_inside_strings():
     end = end_of_embedded(text, 4)
     assert text[end:] == "}}-rc"
     assert end_of_embedded("${{ 'it''s }}' }}", 3) == 15
+
+
+def test_end_of_embedded_reads_a_backslash_in_single_quotes_as_a_character():
+    single = "${{ 'C:\\' }} rest"  # the expression 'C:\'
+    assert end_of_embedded(single, 3) == single.index("}} rest")
+    double = '${{ "a\\"}}" }} rest'  # the expression "a\"}}"
+    assert end_of_embedded(double, 3) == double.index("}} rest")
 
 
 def test_end_of_embedded_without_closing_braces():
