@@ -80,7 +80,7 @@ class Site:
         self.deploys = deploy_store_for(self.state)
         self.queue: list[tuple[float, int, str, str, int]] = []
         self.count = 0
-        self.rt = engine.Runtime(self.state, self.deploys, self._enqueue, "bench")
+        self.rt = engine.DeployRuntime(self.state, self.deploys, self._enqueue, "bench")
 
     @staticmethod
     def wait(predicate: Callable[[], bool], timeout: float = 20) -> None:

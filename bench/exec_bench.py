@@ -785,6 +785,7 @@ def bench_jobcost(args: argparse.Namespace) -> bool:
     from shared.state.base import JobMeta
     from shared.state.redis import run_key
     from worker import job_runner, logs, workspace
+    from worker.context import WorkerContext
     from worker.executors.local import LocalExecutor
 
     print("== jobcost: conveyor's run_job in this process (no Celery, no second thread), per job")
@@ -810,7 +811,7 @@ def bench_jobcost(args: argparse.Namespace) -> bool:
             return run_id, list(plan.jobs)  # plan order: dependencies first in these pipelines
 
         executor = LocalExecutor()
-        ctx = job_runner.WorkerContext(store=store, executor=executor, worker_name="bench", data_dir=tmp / "data")
+        ctx = WorkerContext(store=store, executor=executor, worker_name="bench", data_dir=tmp / "data")
         for label, text in cases.items():
             run_id, names = new_run(text)
             for name in names[:5]:  # warm-up: imports, scripts, connections

@@ -9,8 +9,8 @@ for the p99 the router cannot give. Pure functions only.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence, TypedDict
 
 from deploy.config import AnalysisConfig
 from deploy.routers.base import Counters
@@ -18,6 +18,17 @@ from deploy.routers.base import Counters
 PASS = "pass"
 FAIL = "fail"
 INCONCLUSIVE = "inconclusive"
+
+
+class AnalysisResult(TypedDict):
+    """A Measurement as JSON: the fields of an `analysis` event, and the blue-green smoke result."""
+
+    requests: int
+    errors: int
+    error_rate: float | None
+    latency_ms: float | None
+    verdict: str  # PASS | FAIL | INCONCLUSIVE
+    why: str
 
 
 @dataclass(frozen=True)
@@ -31,8 +42,9 @@ class Measurement:
     verdict: str
     why: str
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self) -> AnalysisResult:
+        return {"requests": self.requests, "errors": self.errors, "error_rate": self.error_rate,
+                "latency_ms": self.latency_ms, "verdict": self.verdict, "why": self.why}
 
 
 def delta(before: Counters, after: Counters) -> tuple[int, int]:

@@ -11,8 +11,14 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
 
-class ConfigError(ValueError):
-    """The deployment cannot run as configured (reported as the job's failure)."""
+class DeployConfigError(ValueError):
+    """The deployment cannot run as configured (reported as the job's failure).
+
+    Named apart from shared.config.ConfigError (bad Conveyor settings), so that an import
+    or an `except` clause says which of the two it means.
+    """
+
+
 
 
 @dataclass(frozen=True)
@@ -188,11 +194,11 @@ def _canary_steps(raw: Any) -> tuple[CanaryStep, ...]:
 
 
 def load_config(deploy: Mapping[str, Any], environments: Mapping[str, Any]) -> DeployConfig:
-    """The typed configuration of a job's `deploy:` section; ConfigError when it cannot run."""
+    """The typed configuration of a job's `deploy:` section; DeployConfigError when it cannot run."""
     env_name = str(deploy["environment"])
     env = environments.get(env_name)
     if env is None:
-        raise ConfigError(f"unknown environment {env_name!r}")
+        raise DeployConfigError(f"unknown environment {env_name!r}")
     router = _take(env["router"], RouterConfig)
     provider = _take(env["provider"], ProviderConfig)
     instances = tuple(Slot(str(i["name"]), str(i["address"]), "instance") for i in env["instances"])
@@ -222,28 +228,28 @@ def check(config: DeployConfig) -> None:
     """Combinations the schema cannot see."""
     names = [slot.name for slot in config.slots]
     if len(set(names)) != len(names):
-        raise ConfigError(f"instance names collide with spare slot names ({SPARE_PREFIX}N): {names}")
+        raise DeployConfigError(f"instance names collide with spare slot names ({SPARE_PREFIX}N): {names}")
     addresses = [slot.address for slot in config.slots]
     if len(set(addresses)) != len(addresses):
-        raise ConfigError("an address is listed twice among instances and spare")
+        raise DeployConfigError("an address is listed twice among instances and spare")
     if config.provider.type == "command" and not config.provider.start:
-        raise ConfigError("provider 'command' needs a 'start' command")
+        raise DeployConfigError("provider 'command' needs a 'start' command")
     if config.provider.type == "docker" and (not config.provider.image or not config.provider.port):
-        raise ConfigError("provider 'docker' needs 'image' and 'port'")
+        raise DeployConfigError("provider 'docker' needs 'image' and 'port'")
     if config.health.type == "command" and not config.health.command:
-        raise ConfigError("health_check type 'command' needs a 'command'")
+        raise DeployConfigError("health_check type 'command' needs a 'command'")
     if config.strategy == "rolling":
         r = config.rolling
         if r.max_surge == 0 and r.max_unavailable == 0:
-            raise ConfigError("rolling needs max_surge >= 1 or max_unavailable >= 1, or it can never replace an instance")
+            raise DeployConfigError("rolling needs max_surge >= 1 or max_unavailable >= 1, or it can never replace an instance")
     if config.strategy == "blue_green" and len(config.spare) < len(config.instances):
-        raise ConfigError(f"blue_green needs as many spare addresses as instances ({len(config.instances)}), "
+        raise DeployConfigError(f"blue_green needs as many spare addresses as instances ({len(config.instances)}), "
                           f"got {len(config.spare)}")
     if config.strategy == "canary":
         if not config.spare:
-            raise ConfigError("canary needs a spare address for the canary instance")
+            raise DeployConfigError("canary needs a spare address for the canary instance")
         if not config.canary.steps:
-            raise ConfigError("canary needs at least one step")
+            raise DeployConfigError("canary needs at least one step")
 
 
 def config_from_dict(data: Mapping[str, Any]) -> DeployConfig:

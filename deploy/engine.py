@@ -22,6 +22,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +41,7 @@ from deploy.record import (
     ROLLING_BACK,
     TERMINAL,
     Record,
+    SlotStep,
     effective_weights,
     event,
     new_record,
@@ -73,9 +75,22 @@ def now_ms() -> int:
 Enqueue = Callable[[str, str, int, float], None]
 
 
+class TickOutcome(StrEnum):
+    """What a tick that did not advance the deployment found (`tick` otherwise returns the record's state)."""
+
+    LOCKED = "locked"  # another tick holds the lock; a tick in the chain comes back shortly
+    MISSING = "missing"  # no record
+    STALE = "stale"  # the tick's sequence number is not the record's: a duplicate, dropped
+    FINISHED = "finished"  # the deployment had already ended
+    CONFLICT = "conflict"  # the record changed under the tick; its work is dropped
+
+
 @dataclass
-class Runtime:
-    """What ticks need from the world; tests swap the factories and the clock."""
+class DeployRuntime:
+    """What ticks need from the world; tests swap the factories and the clock.
+
+    Named apart from shared.expressions.functions.Runtime (what expressions evaluate against).
+    """
 
     state: StateStore
     deploys: DeployStore
@@ -101,7 +116,7 @@ def tick_interval(config: DeployConfig) -> float:
 # -- start -----------------------------------------------------------------------------------
 
 
-def begin(rt: Runtime, run_id: str, job: str, token: int, config: DeployConfig, workdir: str | None,
+def begin(rt: DeployRuntime, run_id: str, job: str, token: int, config: DeployConfig, workdir: str | None,
           deadline_ms: int | None) -> Record:
     """Create the record (or adopt an existing one for a newer claim) and enqueue a tick.
 
@@ -145,13 +160,13 @@ def begin(rt: Runtime, run_id: str, job: str, token: int, config: DeployConfig, 
 class _LockKeeper:
     """Keeps the tick lock alive while a tick runs long (a slow provider start)."""
 
-    def __init__(self, rt: Runtime, run_id: str, job: str, owner: str) -> None:
+    def __init__(self, rt: DeployRuntime, run_id: str, job: str, owner: str) -> None:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(rt, run_id, job, owner), daemon=True,
                                        name="deploy-lock")
         self.thread.start()
 
-    def _run(self, rt: Runtime, run_id: str, job: str, owner: str) -> None:
+    def _run(self, rt: DeployRuntime, run_id: str, job: str, owner: str) -> None:
         while not self.stop.wait(LOCK_TTL_MS / 3000):
             try:
                 rt.deploys.refresh_lock(run_id, job, owner, LOCK_TTL_MS)
@@ -163,13 +178,14 @@ class _LockKeeper:
         self.thread.join(timeout=5)
 
 
-def tick(rt: Runtime, run_id: str, job: str, seq: int) -> str:
-    """Run one tick; returns what happened (for logs and tests)."""
+def tick(rt: DeployRuntime, run_id: str, job: str, seq: int) -> str:
+    """Run one tick; returns what happened, for logs and tests: a TickOutcome, the state the
+    deployment ended in, or its state with `(nudge)` or with the countdown to the next tick."""
     owner = f"{rt.worker_name}:{uuid.uuid4().hex}"
     if not rt.deploys.lock(run_id, job, owner, LOCK_TTL_MS):
         if seq != NUDGE:
             rt.enqueue(run_id, job, seq, LOCK_RETRY_S)  # a stale copy is dropped when it runs
-        return "locked"
+        return TickOutcome.LOCKED
     keeper = _LockKeeper(rt, run_id, job, owner)
     try:
         outcome, follow_up = _tick_locked(rt, run_id, job, seq)
@@ -181,19 +197,19 @@ def tick(rt: Runtime, run_id: str, job: str, seq: int) -> str:
     return outcome
 
 
-def _tick_locked(rt: Runtime, run_id: str, job: str, seq: int) -> tuple[str, tuple[int, float] | None]:
+def _tick_locked(rt: DeployRuntime, run_id: str, job: str, seq: int) -> tuple[str, tuple[int, float] | None]:
     """The tick under the lock: (outcome, (next seq, countdown) to enqueue or None)."""
     loaded = rt.deploys.load(run_id, job)
     if loaded is None:
-        return "missing", None
+        return TickOutcome.MISSING, None
     rec, version = loaded
     if seq != NUDGE and seq != rec["seq"]:
-        return "stale", None
+        return TickOutcome.STALE, None
     if rec["state"] in TERMINAL:
         if not rec["job_finished"]:  # saved terminal, died before telling the state store
             jobstate.finish(rt.state, rec, rt.clock())
             rt.deploys.save(rec, version)
-        return "finished", None
+        return TickOutcome.FINISHED, None
     config = config_from_dict(rec["config"])
     now = rt.clock()
     events_before = len(rec["events"])
@@ -240,7 +256,7 @@ def _tick_locked(rt: Runtime, run_id: str, job: str, seq: int) -> tuple[str, tup
     rec["updated_at"] = now
     if not rt.deploys.save(rec, version):
         log.warning("deployment %s/%s: record changed under tick %s; dropping it", run_id, job, seq)
-        return "conflict", None
+        return TickOutcome.CONFLICT, None
     if rec["state"] != old_state:
         _transition(rt, config, old_state, None if rec["state"] in TERMINAL else rec["state"])
     if rec["state"] in TERMINAL:
@@ -250,7 +266,7 @@ def _tick_locked(rt: Runtime, run_id: str, job: str, seq: int) -> tuple[str, tup
     return f"{rec['state']} +{countdown:.2f}s", (rec["seq"], countdown)
 
 
-def _transition(rt: Runtime, config: DeployConfig, old: str | None, new: str | None) -> None:
+def _transition(rt: DeployRuntime, config: DeployConfig, old: str | None, new: str | None) -> None:
     if rt.on_transition is not None:
         try:
             rt.on_transition(config.environment, config.strategy, old, new)
@@ -272,7 +288,7 @@ def _give_up(rec: Record, now: int, error: Exception) -> None:
     rec["retries"] = 0
 
 
-def _step(rt: Runtime, rec: Record, config: DeployConfig, now: int) -> tuple[Record, bool, Exception | None]:
+def _step(rt: DeployRuntime, rec: Record, config: DeployConfig, now: int) -> tuple[Record, bool, Exception | None]:
     """The body of a tick; returns (record, made progress, transient error to retry)."""
     rec = copy.deepcopy(rec)
     run_id, job = rec["run_id"], rec["job"]
@@ -293,7 +309,8 @@ def _step(rt: Runtime, rec: Record, config: DeployConfig, now: int) -> tuple[Rec
         drift = [a for a in reconcile.router_actions(rec, servers, check) if not isinstance(a, DelServer)]
         if drift:
             event(rec, now, "drift", actions=[describe(a) for a in drift])
-    workdir = Path(rec["workdir"]) if rec.get("workdir") else None
+    source = rec.get("workdir")
+    workdir = Path(source) if source else None
     _probe(rt, rec, config, workdir, now)
     smoke_result = None
     if rec["state"] == ANALYZING and rec["strategy"] == "blue_green":
@@ -331,7 +348,7 @@ def _nonzero(weights: dict[str, int]) -> dict[str, int]:
     return {name: weight for name, weight in weights.items() if weight}
 
 
-def _probe(rt: Runtime, rec: Record, config: DeployConfig, workdir: Path | None, now: int) -> None:
+def _probe(rt: DeployRuntime, rec: Record, config: DeployConfig, workdir: Path | None, now: int) -> None:
     targets = reconcile.probe_targets(rec, now)
     if not targets:
         return
@@ -343,7 +360,7 @@ def _probe(rt: Runtime, rec: Record, config: DeployConfig, workdir: Path | None,
               detail=rec["slots"][name]["health"].get("detail"))
 
 
-def _provide(rt: Runtime, rec: Record, config: DeployConfig, workdir: Path | None,
+def _provide(rt: DeployRuntime, rec: Record, config: DeployConfig, workdir: Path | None,
              operations: list[tuple[str, str | None]], now: int) -> tuple[Exception | None, int]:
     """Run the provider operations in parallel; record successes, abort on permanent failures.
 
@@ -388,8 +405,6 @@ def _permanent_failure(rec: Record, name: str, version: str | None, error: str, 
         if version is None:
             slot["running"] = False  # cannot stop it: forget it rather than block the abort for ever
         else:
-            slot["step"] = "restore-failed"
+            slot["step"] = SlotStep.RESTORE_FAILED
         return
     begin_abort(rec, now, "script_failure", f"cannot {'start ' + version if version else 'stop'} on {name}: {error}")
-
-

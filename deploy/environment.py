@@ -7,27 +7,26 @@ and write the record in the deployment store with compare-and-set.
 """
 from __future__ import annotations
 
-from typing import Any
-
 from deploy.config import DeployConfig
 from deploy.record import (
-    PROGRESSING, PROMOTED, QUEUED, ROLLED_BACK, SUCCEEDED, TERMINAL, Record, event, initialise, set_state,
+    PROGRESSING, PROMOTED, QUEUED, ROLLED_BACK, SUCCEEDED, TERMINAL, EnvRecord, Record, event, initialise, set_state,
 )
 from deploy.store.base import DeployStore
 
 
 def owner_id(run_id: str, job: str) -> str:
+    """The environment record's `owner` for a deployment."""
     return f"{run_id}\n{job}"
 
 
-def empty_env() -> dict[str, Any]:
+def empty_env() -> EnvRecord:
     """An environment Conveyor has not deployed to: its configured instances are live, version unknown."""
     return {"live": None, "stable_version": None, "owner": None}
 
 
-def env_target(rec: Record, env: dict[str, Any]) -> dict[str, Any]:
+def env_target(rec: Record, env: EnvRecord) -> EnvRecord:
     """The environment record after this deployment's current state."""
-    target = dict(env)
+    target = env.copy()
     state = rec["state"]
     if state in (PROMOTED, SUCCEEDED) and rec["strategy"] == "blue_green":
         target["live"] = list(rec["data"]["green"])
@@ -60,9 +59,9 @@ def acquire(deploys: DeployStore, rec: Record, config: DeployConfig, now: int) -
     if not deploys.save_env(config.env_key, {**env, "owner": me, "environment": config.environment}, version):
         return False
     waited = rec["data"].pop("waiting_for", None)
-    fresh = initialise(rec, config, env.get("live"), env.get("stable_version"), now)
-    rec.clear()
-    rec.update(fresh)
+    # In place, as the tick holds this record: initialise returns a copy of it with the slots
+    # laid out, so it has every key `rec` has and the update replaces the whole record.
+    rec.update(initialise(rec, config, env.get("live"), env.get("stable_version"), now))
     set_state(rec, PROGRESSING, now)
     event(rec, now, "started", live=rec["live"], stable_version=rec["stable_version"],
           new_version=rec["new_version"], waited_for=waited)

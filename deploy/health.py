@@ -12,11 +12,21 @@ import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TypedDict
 
 from deploy.config import HealthConfig
 from deploy.providers.base import Instance
 from deploy.providers.command import render
+
+
+class HealthState(TypedDict):
+    """One instance's consecutive probe counts, kept in its slot record (JSON)."""
+
+    ok: int  # passes in a row
+    fail: int  # failures in a row
+    healthy: bool | None  # None: not judged since the instance (re)started
+    next_at: int  # epoch ms the next probe is due
+    detail: str  # the last probe's detail (why it failed, or the HTTP status)
 
 
 @dataclass(frozen=True)
@@ -70,12 +80,12 @@ def _command(config: HealthConfig, instance: Instance, workdir: Path | None) -> 
 # -- thresholds -----------------------------------------------------------------------------
 
 
-def fresh() -> dict[str, Any]:
+def fresh() -> HealthState:
     """Health of an instance that was just (re)started: unknown, probe now."""
     return {"ok": 0, "fail": 0, "healthy": None, "next_at": 0, "detail": ""}
 
 
-def observe(state: Mapping[str, Any], result: Probe, config: HealthConfig, now_ms: int) -> dict[str, Any]:
+def observe(state: HealthState, result: Probe, config: HealthConfig, now_ms: int) -> HealthState:
     """The counts after one probe. `healthy` turns True after `success_threshold` passes in a
     row and False after `failure_threshold` failures in a row; between, it keeps its value."""
     ok, fail, healthy = int(state.get("ok", 0)), int(state.get("fail", 0)), state.get("healthy")
@@ -91,5 +101,5 @@ def observe(state: Mapping[str, Any], result: Probe, config: HealthConfig, now_m
             "detail": result.detail}
 
 
-def due(state: Mapping[str, Any], now_ms: int) -> bool:
+def due(state: HealthState, now_ms: int) -> bool:
     return now_ms >= int(state.get("next_at", 0))

@@ -8,9 +8,8 @@ attempt). Events become lines of the job's log, so `conveyor logs RUN JOB` tells
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from deploy.record import Record, event
+from deploy.record import Event, Record, event
 from shared.state.base import CANCELLED, FAILED, SUCCESS, TERMINAL, StateStore
 
 log = logging.getLogger("conveyor.deploy")
@@ -68,6 +67,7 @@ def write_logs(state: StateStore, rec: Record, events_before: int) -> None:
         log.debug("deploy log append failed: %s", exc)
 
 
-def format_event(e: dict[str, Any]) -> str:
+def format_event(e: Event) -> str:
+    """`at type key=value ...`, empty fields left out."""
     fields = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("at", "type") and v not in (None, "", [], {}))
     return f"{e['at']} {e['type']} {fields}".rstrip()

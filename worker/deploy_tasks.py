@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 from celery import Celery, signals
 
 from deploy import engine
-from deploy.config import ConfigError, load_config
+from deploy.config import DeployConfigError, load_config
 from deploy.record import TERMINAL
 from deploy.store import DeployStore, deploy_store_for
 from shared.celery_app import DEPLOY_QUEUE, DEPLOY_TICK_TASK
+from shared.config import Settings
 from shared.state.base import FAILED, epoch_seconds
+from worker.context import WorkerContext, process_context
+from worker.job_runner import Admitted, task_result
+from worker.metrics import deployment_transition
 
 log = logging.getLogger("conveyor.deploy")
 
@@ -32,9 +35,8 @@ WATCHDOG_PERIOD_S = 2.0
 OVERDUE_GRACE_MS = 5_000
 OVERDUE_BUMP_MS = 10_000
 
-_app: Celery | None = None
-_runtimes: dict[int, engine.Runtime] = {}
-_lock = threading.Lock()
+# Guards the lazy creation of a context's deployment runtime (several job threads).
+_runtime_lock = threading.Lock()
 
 
 def enqueue_tick(app: Celery, run_id: str, job: str, seq: int, countdown: float = 0.0) -> None:
@@ -43,49 +45,39 @@ def enqueue_tick(app: Celery, run_id: str, job: str, seq: int, countdown: float 
                   queue=DEPLOY_QUEUE)
 
 
-def runtime(ctx: Any) -> engine.Runtime:
-    """One engine runtime per worker context (its state store, a deployment store beside it)."""
-    with _lock:
-        rt = _runtimes.get(id(ctx))
-        if rt is None:
-            if _app is None:
-                raise RuntimeError("worker.deploy_tasks.register(app, settings) was not called in this process")
-            app = _app
-            rt = engine.Runtime(
+def runtime(app: Celery, ctx: WorkerContext) -> engine.DeployRuntime:
+    """The deployment engine's runtime of this worker context, created on first use: the
+    context's state store, a deployment store beside it, ticks sent through ``app``."""
+    with _runtime_lock:
+        if ctx.deployments is None:
+            ctx.deployments = engine.DeployRuntime(
                 state=ctx.store,
                 deploys=deploy_store_for(ctx.store),
                 enqueue=lambda run_id, job, seq, countdown: enqueue_tick(app, run_id, job, seq, countdown),
                 worker_name=ctx.worker_name,
                 lease_ms=max(int(ctx.lease_seconds * 1000), engine.MIN_LEASE_MS),
-                on_transition=_metrics_hook(),
+                on_transition=deployment_transition,
             )
-            _runtimes[id(ctx)] = rt
-        return rt
+        return ctx.deployments
 
 
-def _metrics_hook():
-    """The workers' `conveyor_deployments` gauge, when this version has it."""
-    try:
-        from worker.metrics import deployment_transition
-    except ImportError:
-        return None
-    return deployment_transition
-
-
-def start_deployment(ctx: Any, plan: Any, job: Any, claim: Any, run: Any) -> dict:
+def start_deployment(app: Celery, ctx: WorkerContext, admitted: Admitted) -> dict:
     """Create (or find) the job's deployment and enqueue its first tick; returns immediately."""
-    store = ctx.store
+    store, plan, job, claim, run = ctx.store, admitted.plan, admitted.job, admitted.claim, admitted.run
+    assert job.deploy is not None, "start_deployment is for deployment jobs"
     try:
         config = load_config(job.deploy, plan.environments)
-    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+    except (DeployConfigError, KeyError, TypeError, ValueError) as exc:
+        reason = "script_failure"  # the pipeline's deploy block is wrong: retrying will not help
         store.append_logs(run.run_id, job.name, [("system", f"deploy: cannot run this deployment: {exc}")])
-        store.finish(run.run_id, job.name, claim.token, FAILED, reason="script_failure")
-        return {"run_id": run.run_id, "job": job.name, "status": FAILED}
+        store.finish(run.run_id, job.name, claim.token, FAILED, reason=reason)
+        return task_result(run.run_id, job.name, FAILED, reason)
     created = epoch_seconds(run.created_at)
     deadline_ms = int((created + plan.timeout) * 1000) if created is not None else None
-    rec = engine.begin(runtime(ctx), run.run_id, job.name, claim.token, config, run.meta.get("source"), deadline_ms)
+    rec = engine.begin(runtime(app, ctx), run.run_id, job.name, claim.token, config, run.meta.get("source"),
+                       deadline_ms)
     status = "running" if rec["state"] not in TERMINAL else rec["state"]
-    return {"run_id": run.run_id, "job": job.name, "status": status}
+    return task_result(run.run_id, job.name, status)
 
 
 class Watchdog(threading.Thread):
@@ -117,34 +109,28 @@ class Watchdog(threading.Thread):
         return count
 
 
-def register(app: Celery, settings: Any) -> None:
+def register(app: Celery, settings: Settings) -> None:
     """Register the tick task; start a watchdog in each worker process that consumes `deploy`."""
-    global _app
-    _app = app
 
     @app.task(name=DEPLOY_TICK_TASK, bind=True, max_retries=None, acks_late=True, ignore_result=True)
     def deploy_tick(self, run_id: str, job: str, seq: int) -> str:
-        from worker.tasks import context
-
-        outcome = engine.tick(runtime(context(settings)), run_id, job, seq)
+        outcome = engine.tick(runtime(app, process_context(settings)), run_id, job, seq)
         log.debug("deploy tick %s/%s #%s: %s", run_id, job, seq, outcome)
         return outcome
 
     watchdogs: list[Watchdog] = []
 
-    def start_watchdog(sender: Any = None, **_: Any) -> None:
+    def start_watchdog(sender: object = None, **_: object) -> None:
         if getattr(sender, "app", None) is not app:
             return
         consuming = getattr(app.amqp.queues, "consume_from", None) or app.amqp.queues
         if DEPLOY_QUEUE not in consuming:
             return
-        from worker.tasks import context
-
-        watchdog = Watchdog(deploy_store_for(context(settings).store), app)
+        watchdog = Watchdog(deploy_store_for(process_context(settings).store), app)
         watchdog.start()
         watchdogs.append(watchdog)
 
-    def stop_watchdog(**_: Any) -> None:
+    def stop_watchdog(**_: object) -> None:
         for watchdog in watchdogs:
             watchdog.stopped.set()
 

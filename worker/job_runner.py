@@ -10,7 +10,7 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,11 +21,11 @@ from shared.state.base import (
 )
 from shared.logformat import job_log_context
 from worker import metrics
+from worker.context import WorkerContext
 from worker import workspace as workspaces
-from worker.artifacts import ArtifactAccess, ArtifactFailure, archive_log, fetch_inputs, publish_outputs
+from worker.artifacts import ArtifactFailure, archive_log, fetch_inputs, publish_outputs
 from worker.retry_policy import JobFailure, next_retry, step_retry_delay
 from worker.executors.contract import (
-    Executor,
     InfrastructureError,
     JobSpec,
     ResourceLimits,
@@ -58,24 +58,17 @@ class Reschedule(Exception):
         self.countdown = countdown
 
 
-@dataclass
-class WorkerContext:
-    """What a worker process holds for all its jobs."""
+@dataclass(frozen=True)
+class Admitted:
+    """A job this task has claimed: what its attempt (or its deployment) starts from."""
 
-    store: StateStore
-    executor: Executor
-    worker_name: str
-    data_dir: Path
-    lease_seconds: float = 30.0
-    plans: dict[str, Plan] = field(default_factory=dict)  # a run's plan never changes
-    artifacts: ArtifactAccess | None = None  # None: no artifact store (sources copied from a path)
-
-    def plan(self, run_id: str) -> Plan:
-        if run_id not in self.plans:
-            if len(self.plans) > 32:
-                self.plans.clear()
-            self.plans[run_id] = Plan.from_dict(self.store.get_plan(run_id))
-        return self.plans[run_id]
+    plan: Plan
+    job: Job
+    claim: Claim
+    run: RunRecord
+    record: JobRecord  # the job as read before the claim: its earlier attempts
+    records: dict[str, JobRecord]  # the job's ancestors, all terminal
+    deadline: float  # the pipeline's timeout, epoch seconds
 
 
 def _ancestors(plan: Plan, name: str) -> list[str]:
@@ -312,7 +305,7 @@ def _sleep_unless(stop: Callable[[], bool], seconds: float) -> bool:
 
 def task_result(run_id: str, job: str, status: str, reason: str | None = None, exit_code: int | None = None) -> dict:
     """What a job task returns: small (the result backend stores it and Celery events carry
-    its repr, cut past 1 KiB), with the status and reason Flower shows (worker/tasks.py)."""
+    its repr, cut past 1 KiB), with the status and reason Flower shows (worker/task_events.py)."""
     record: dict = {"run_id": run_id, "job": job, "status": status, "reason": reason}
     if exit_code is not None:
         record["exit_code"] = exit_code
@@ -326,12 +319,27 @@ def _recorded(store: StateStore, run_id: str, job: str, record: JobRecord | None
 
 
 def run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
-    """Run (or skip, or decline) one job; returns a small record for the canvas."""
+    """Run (or skip, or decline) one job of steps; returns a small record for the canvas.
+
+    The `conveyor.run_job` task does the same through `admit` and dispatches deployment
+    jobs to `worker.deploy_tasks` instead; this is for callers that only run steps.
+    """
     with job_log_context(run_id, job_name):
-        return _run_job(ctx, run_id, job_name)
+        admitted = admit(ctx, run_id, job_name)
+        if not isinstance(admitted, Admitted):
+            return admitted
+        if admitted.job.deploy is not None:
+            raise ValueError(f"{job_name} is a deployment: worker.deploy_tasks starts it")
+        return run_admitted(ctx, admitted)
 
 
-def _run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
+def admit(ctx: WorkerContext, run_id: str, job_name: str) -> Admitted | dict:
+    """Decide whether the job runs now, and claim it if so.
+
+    Returns the task's result when there is nothing to run (the run is gone, the job is
+    terminal or skipped, another attempt owns it), the claim otherwise. Raises Reschedule
+    while a dependency is not terminal or another worker holds a live lease.
+    """
     store = ctx.store
     run = store.get_run(run_id)
     if run is None:
@@ -365,18 +373,17 @@ def _run_job(ctx: WorkerContext, run_id: str, job_name: str) -> dict:
             # running: if that worker dies, its lease expires and this copy takes over.
             raise Reschedule(ctx.lease_seconds, "another attempt holds the lease")
         return _recorded(store, run_id, job_name)
-    if job.deploy is not None:
-        # A deployment is a state machine advanced by ticks on the deploy queue; this task
-        # only starts it (dependents wait for the job to be terminal in the state store).
-        from worker.deploy_tasks import start_deployment
+    return Admitted(plan, job, claim, run, record, records, deadline)
 
-        return start_deployment(ctx, plan, job, claim, run)
-    _observe_wait(job, run, records, claim)
+
+def run_admitted(ctx: WorkerContext, admitted: Admitted) -> dict:
+    """Run a claimed job's steps to its outcome (or a Reschedule for its retry)."""
+    _observe_wait(admitted.job, admitted.run, admitted.records, admitted.claim)
     metrics.job_started()
     started = time.monotonic()
     result: dict = {"status": FAILED}
     try:
-        result = _run_claimed(ctx, plan, job, claim, run, deadline, record)
+        result = _run_claimed(ctx, admitted)
     except Reschedule:
         result = {"status": RETRYING}
         raise
@@ -397,8 +404,8 @@ def _observe_wait(job: Job, run: RunRecord, records: dict[str, JobRecord], claim
         metrics.queue_wait(now - (epoch_seconds(run.created_at) or now))
 
 
-def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: RunRecord, deadline: float,
-                 record: JobRecord) -> dict:
+def _run_claimed(ctx: WorkerContext, admitted: Admitted) -> dict:
+    plan, job, claim, run, record = admitted.plan, admitted.job, admitted.claim, admitted.run, admitted.record
     run_id = run.run_id
     workspace = workspaces.workspace_path(ctx.data_dir, run_id, job.name)
     full_log = ctx.data_dir / "logs" / run_id / f"{workspace.name}.{claim.attempt}.log"
@@ -409,7 +416,7 @@ def _run_claimed(ctx: WorkerContext, plan: Plan, job: Job, claim: Claim, run: Ru
     except MissingSecret as exc:
         secrets, missing = {}, exc
     sink = LogSink(ctx.store, run_id, job.name, full_log, Masker(secrets.values()))
-    attempt = Attempt(ctx, plan, job, claim, run, deadline, sink, workspace)
+    attempt = Attempt(ctx, plan, job, claim, run, admitted.deadline, sink, workspace)
     heart = threading.Thread(target=attempt.heartbeat_loop, name=f"heartbeat-{job.name}", daemon=True)
     heart.start()
     # The lease is kept until the outcome is written: uploading artifacts and the log, or

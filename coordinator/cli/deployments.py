@@ -42,7 +42,7 @@ def _refuse(message: str) -> None:
 
 def _gates(plan: dict) -> dict[str, list[str]]:
     """Gate name -> deployment jobs that have it."""
-    from deploy.config import ConfigError, load_config
+    from deploy.config import DeployConfigError, load_config
 
     gates: dict[str, list[str]] = {}
     for name, job in plan.get("jobs", {}).items():
@@ -50,7 +50,7 @@ def _gates(plan: dict) -> dict[str, list[str]]:
             continue
         try:
             config = load_config(job["deploy"], plan.get("environments") or {})
-        except (ConfigError, KeyError, TypeError, ValueError):
+        except (DeployConfigError, KeyError, TypeError, ValueError):
             continue
         for gate in config.gates():
             gates.setdefault(gate, []).append(name)

@@ -27,65 +27,14 @@ def worker(queues: str, concurrency: int, name: str | None, metrics_port: int | 
     the worker runs, Celery's lines included, follows --log-format.
     """
     from coordinator.cli.options import cli_settings
-    from shared.celery_app import BrokerUnavailable, check_redis_urls, create_app
-    from worker import metrics, tasks
+    from worker.main import WorkerOptions, WorkerStartError, start_worker
 
-    settings = cli_settings()
-    if settings.embedded:
-        raise click.UsageError("a worker needs CONVEYOR_BROKER_URL (e.g. redis://host:6379/0)")
+    options = WorkerOptions(queues=queues, concurrency=concurrency, name=name, metrics_port=metrics_port,
+                            metrics_address=metrics_address, json_logs=log_format == "json", loglevel=loglevel)
     try:
-        # Celery would retry a refused password or a failed TLS handshake forever, silently.
-        check_redis_urls(settings)
-    except BrokerUnavailable as exc:
+        start_worker(cli_settings(), options, say=lambda message: click.echo(message, err=True))
+    except WorkerStartError as exc:
         raise click.ClickException(str(exc)) from None
-    if name:
-        os.environ["CONVEYOR_WORKER_NAME"] = name
-    if log_format == "json":
-        from shared.logformat import install_celery_json_logging
-
-        install_celery_json_logging()
-    app = create_app(settings)
-    tasks.register(app)
-    hostname = name or tasks.worker_name(settings)
-    from worker.executors import InfrastructureError
-
-    try:
-        executor = tasks.context(settings).executor
-        # Step containers mount workspaces by host path: a containerised worker whose data
-        # directory the engine cannot see would fail every job as if its script were wrong.
-        executor.check_data_dir(settings.data_dir)
-    except InfrastructureError as exc:
-        raise click.ClickException(str(exc)) from None
-    # Containers a previous life of this worker left behind (it was killed mid-job) carry
-    # its name in their labels: remove them before taking new work.
-    reaped = executor.reap_orphans(hostname)
-    if reaped:
-        click.echo(f"removed {reaped} container(s) left by a previous run of {hostname}", err=True)
-    port = metrics_port if metrics_port is not None else settings.metrics_port
-    if port is not None:
-        # Served from this process: with the thread pool every job runs here, so one
-        # registry sees them all.
-        try:
-            server = metrics.serve(port, metrics_address)
-        except OSError as exc:
-            raise click.ClickException(f"cannot serve metrics on {metrics_address}:{port}: {exc}") from None
-        click.echo(f"metrics on http://{metrics_address}:{server.server_port}/metrics", err=True)
-    metrics.worker_info(hostname, executor.name)
-    from worker.reaper import start_reaper
-
-    # Re-queues a dead worker's job about one lease after it died, not after the broker's
-    # 2 h visibility timeout (docs/operations.md, "Lost-job recovery").
-    start_reaper(app, settings)
-    # Threads: a job task mostly waits on a container or process, so threads keep RSS low
-    # and let one worker supervise many jobs.
-    argv = [
-        "worker", f"--queues={queues}", f"--concurrency={concurrency}", f"--hostname={hostname}",
-        "--pool=threads", f"--loglevel={loglevel}", "--without-mingle",
-    ]
-    if log_format == "json":
-        # The start-up banner is printed, not logged: it would be the only non-JSON output.
-        argv = ["--quiet", *argv]
-    app.worker_main(argv)
 
 
 @click.command()

@@ -24,7 +24,7 @@ import docker.errors
 import requests.exceptions
 
 from deploy.providers.base import Instance, ProviderError, TransientProviderError
-from worker.executors.docker import DEFAULT_CAP_DROP
+from shared.hardening import DEFAULT_CAP_DROP
 
 LABEL_INSTANCE = "conveyor.deploy.instance"
 LABEL_VERSION = "conveyor.deploy.version"

@@ -8,7 +8,7 @@ where it can (HAProxy: one socket write), so that a traffic switch is never half
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence, Union
+from typing import Protocol, Sequence, TypedDict, Union
 
 READY = "ready"
 DRAIN = "drain"
@@ -28,6 +28,14 @@ class RouterUnavailable(RouterError):
     """The router could not be reached (a transient error: retried with backoff)."""
 
 
+class CountersDict(TypedDict):
+    """Counters as JSON (a canary analysis window's baseline in the deployment record)."""
+
+    responses: int
+    errors_5xx: int
+    rtime_ms: float
+
+
 @dataclass(frozen=True)
 class Counters:
     """Cumulative per-server response counters (they only grow, until the server is re-created)."""
@@ -36,11 +44,11 @@ class Counters:
     errors_5xx: int = 0
     rtime_ms: float = 0.0  # the router's average response time over its recent requests
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> CountersDict:
         return {"responses": self.responses, "errors_5xx": self.errors_5xx, "rtime_ms": self.rtime_ms}
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "Counters":
+    def from_dict(cls, data: CountersDict) -> "Counters":
         return cls(int(data.get("responses", 0)), int(data.get("errors_5xx", 0)), float(data.get("rtime_ms", 0.0)))
 
 

@@ -5,10 +5,11 @@
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
 from deploy.store.base import DeployStore
 from shared.state import state_backend
+from shared.state.base import StateStore
 
 __all__ = ["DeployStore", "deploy_store_for", "open_deploy_store"]
 
@@ -24,7 +25,7 @@ def open_deploy_store(state_url: str) -> DeployStore:
     return SQLiteDeployStore(where)
 
 
-def deploy_store_for(store_or_url: Any) -> DeployStore:
+def deploy_store_for(store_or_url: str | StateStore | DeployStore) -> DeployStore:
     """A deployment store from a URL, an open state store (sharing its Redis client or SQLite file), or itself."""
     if isinstance(store_or_url, str):
         return open_deploy_store(store_or_url)
@@ -39,5 +40,5 @@ def deploy_store_for(store_or_url: Any) -> DeployStore:
 
         return SQLiteDeployStore(path)
     if hasattr(store_or_url, "overdue"):
-        return store_or_url
+        return cast(DeployStore, store_or_url)
     raise TypeError(f"cannot find the deployment store of {type(store_or_url).__name__}")

@@ -13,9 +13,9 @@
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
-Record = dict[str, Any]
+from deploy.record import TERMINAL, Command, EnvRecord, GateAnswer, Record
 
 # Finished deployments are kept as long as the state store keeps runs.
 RETENTION_S = 30 * 24 * 3600
@@ -44,26 +44,26 @@ class DeployStore(Protocol):
 
     def unlock(self, run_id: str, job: str, owner: str) -> None: ...
 
-    def add_command(self, run_id: str, job: str, command: dict[str, Any]) -> None: ...
+    def add_command(self, run_id: str, job: str, command: Command) -> None: ...
 
-    def commands(self, run_id: str, job: str, after: int) -> list[dict[str, Any]]:
+    def commands(self, run_id: str, job: str, after: int) -> list[Command]:
         """Commands from position `after` (0-based) on, in order."""
         ...
 
-    def answer_gate(self, run_id: str, gate: str, answer: dict[str, Any]) -> dict[str, Any]:
+    def answer_gate(self, run_id: str, gate: str, answer: GateAnswer) -> GateAnswer:
         """Store the answer unless the gate has one; returns the stored answer either way."""
         ...
 
-    def gate_answers(self, run_id: str) -> dict[str, dict[str, Any]]: ...
+    def gate_answers(self, run_id: str) -> dict[str, GateAnswer]: ...
 
     def overdue(self, now_ms: int, grace_ms: int, bump_ms: int) -> list[tuple[str, str]]:
         """Active deployments whose next tick is more than `grace_ms` late; pushes their due time `bump_ms` ahead
         so that other watchdogs do not all re-enqueue them at once."""
         ...
 
-    def load_env(self, key: str) -> tuple[dict[str, Any], int] | None: ...
+    def load_env(self, key: str) -> tuple[EnvRecord, int] | None: ...
 
-    def save_env(self, key: str, data: dict[str, Any], version: int) -> bool:
+    def save_env(self, key: str, data: EnvRecord, version: int) -> bool:
         """Compare-and-set on the environment record (`version` 0: create)."""
         ...
 
@@ -72,6 +72,4 @@ class DeployStore(Protocol):
 
 def is_active(record: Record) -> bool:
     """Still ticking (not in a terminal state)."""
-    from deploy.record import TERMINAL
-
     return record.get("state") not in TERMINAL

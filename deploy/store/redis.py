@@ -14,11 +14,10 @@ digest the state store uses. Compare-and-set is a small Lua script.
 from __future__ import annotations
 
 import json
-from typing import Any
-
 import redis as redis_py
 
-from deploy.store.base import RETENTION_S, Record, is_active
+from deploy.record import Command, EnvRecord, GateAnswer, Record
+from deploy.store.base import RETENTION_S, is_active
 from shared.state.redis import job_digest
 
 PREFIX = "conveyor:dep:"
@@ -112,18 +111,18 @@ class RedisDeployStore:
 
     # -- commands and gates ------------------------------------------------------------------
 
-    def add_command(self, run_id: str, job: str, command: dict[str, Any]) -> None:
+    def add_command(self, run_id: str, job: str, command: Command) -> None:
         self.client.rpush(_key(run_id, "cmd", job), json.dumps(command))
 
-    def commands(self, run_id: str, job: str, after: int) -> list[dict[str, Any]]:
+    def commands(self, run_id: str, job: str, after: int) -> list[Command]:
         return [json.loads(item) for item in self.client.lrange(_key(run_id, "cmd", job), after, -1)]
 
-    def answer_gate(self, run_id: str, gate: str, answer: dict[str, Any]) -> dict[str, Any]:
+    def answer_gate(self, run_id: str, gate: str, answer: GateAnswer) -> GateAnswer:
         key = _key(run_id, "gates")
         self.client.hsetnx(key, gate, json.dumps(answer))
         return json.loads(self.client.hget(key, gate) or "{}")
 
-    def gate_answers(self, run_id: str) -> dict[str, dict[str, Any]]:
+    def gate_answers(self, run_id: str) -> dict[str, GateAnswer]:
         return {gate: json.loads(data) for gate, data in self.client.hgetall(_key(run_id, "gates")).items()}
 
     # -- watchdog --------------------------------------------------------------------------
@@ -138,13 +137,13 @@ class RedisDeployStore:
 
     # -- environments ----------------------------------------------------------------------
 
-    def load_env(self, key: str) -> tuple[dict[str, Any], int] | None:
+    def load_env(self, key: str) -> tuple[EnvRecord, int] | None:
         version, data = self.client.hmget(PREFIX + "env:" + key, "v", "data")
         if data is None:
             return None
         return json.loads(data), int(version)
 
-    def save_env(self, key: str, data: dict[str, Any], version: int) -> bool:
+    def save_env(self, key: str, data: EnvRecord, version: int) -> bool:
         return int(self._cas(keys=[PREFIX + "env:" + key], args=[version, json.dumps(data)])) != 0
 
     def close(self) -> None:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
-
 from shared.sqlite_file import SQLiteFile
-from deploy.store.base import Record, is_active
+from deploy.record import Command, EnvRecord, GateAnswer, Record
+from deploy.store.base import is_active
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deploy_records (
@@ -102,24 +101,24 @@ class SQLiteDeployStore:
 
     # -- commands and gates ------------------------------------------------------------------
 
-    def add_command(self, run_id: str, job: str, command: dict[str, Any]) -> None:
+    def add_command(self, run_id: str, job: str, command: Command) -> None:
         with self._db.transaction() as db:
             db.execute("INSERT INTO deploy_commands (run_id, job, data) VALUES (?, ?, ?)",
                        (run_id, job, json.dumps(command)))
 
-    def commands(self, run_id: str, job: str, after: int) -> list[dict[str, Any]]:
+    def commands(self, run_id: str, job: str, after: int) -> list[Command]:
         rows = self._db.conn().execute("SELECT data FROM deploy_commands WHERE run_id = ? AND job = ? ORDER BY id "
                                     "LIMIT -1 OFFSET ?", (run_id, job, after))
         return [json.loads(row[0]) for row in rows]
 
-    def answer_gate(self, run_id: str, gate: str, answer: dict[str, Any]) -> dict[str, Any]:
+    def answer_gate(self, run_id: str, gate: str, answer: GateAnswer) -> GateAnswer:
         with self._db.transaction() as db:
             db.execute("INSERT OR IGNORE INTO deploy_gates (run_id, gate, data) VALUES (?, ?, ?)",
                        (run_id, gate, json.dumps(answer)))
             row = db.execute("SELECT data FROM deploy_gates WHERE run_id = ? AND gate = ?", (run_id, gate)).fetchone()
         return json.loads(row[0])
 
-    def gate_answers(self, run_id: str) -> dict[str, dict[str, Any]]:
+    def gate_answers(self, run_id: str) -> dict[str, GateAnswer]:
         rows = self._db.conn().execute("SELECT gate, data FROM deploy_gates WHERE run_id = ?", (run_id,))
         return {row[0]: json.loads(row[1]) for row in rows}
 
@@ -135,11 +134,11 @@ class SQLiteDeployStore:
 
     # -- environments ----------------------------------------------------------------------
 
-    def load_env(self, key: str) -> tuple[dict[str, Any], int] | None:
+    def load_env(self, key: str) -> tuple[EnvRecord, int] | None:
         row = self._db.conn().execute("SELECT version, data FROM deploy_envs WHERE key = ?", (key,)).fetchone()
         return None if row is None else (json.loads(row[1]), int(row[0]))
 
-    def save_env(self, key: str, data: dict[str, Any], version: int) -> bool:
+    def save_env(self, key: str, data: EnvRecord, version: int) -> bool:
         with self._db.transaction() as db:
             if version == 0:
                 cursor = db.execute("INSERT OR IGNORE INTO deploy_envs (key, version, data) VALUES (?, 1, ?)",

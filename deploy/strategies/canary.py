@@ -22,6 +22,7 @@ from deploy.record import (
     SUCCEEDED,
     WAITING,
     Record,
+    StrategyData,
     event,
     replace,
     set_router,
@@ -42,12 +43,12 @@ from deploy.strategies.base import (
     succeed,
     unhealthy,
 )
-from deploy.strategies.rolling import DONE, FAILED, step_rolling
+from deploy.strategies.rolling import RollingStatus, step_rolling
 
 ACTIVE = (PROGRESSING, PAUSED, WAITING, PROMOTING)
 
 
-def _data(rec: Record) -> dict:
+def _data(rec: Record) -> StrategyData:
     data = rec["data"]
     if "canary" not in data:
         live = rec["live"]
@@ -129,9 +130,9 @@ def _steps(rec: Record, obs: Observation, now_ms: int, config: DeployConfig) -> 
     canary = rec["slots"][data["canary"]]
     while rec["state"] in (PROGRESSING, PAUSED, WAITING) and data["step"] < len(steps):
         step = steps[data["step"]]
-        if data["step_started"] is None:
-            data["step_started"] = now_ms
         started = data["step_started"]
+        if started is None:
+            started = data["step_started"] = now_ms
         if step.kind == "set_weight":
             set_state(rec, PROGRESSING, now_ms)
             if step.weight > 0 and not (healthy(canary) and in_router(canary, obs.servers.get(data["canary"]))):
@@ -155,9 +156,10 @@ def _steps(rec: Record, obs: Observation, now_ms: int, config: DeployConfig) -> 
         else:
             gate = step.gate
             assert gate is not None
-            if data["gate"] is None:
+            waiting = data["gate"]
+            if waiting is None:
                 deadline = started + int(gate.timeout * 1000) if gate.timeout else None
-                data["gate"] = {"name": gate.name, "since": started, "deadline": deadline}
+                waiting = data["gate"] = {"name": gate.name, "since": started, "deadline": deadline}
                 event(rec, now_ms, "gate", name=gate.name, status="waiting", deadline=deadline)
             set_state(rec, WAITING, now_ms)
             answer = obs.gates.get(gate.name)
@@ -169,7 +171,7 @@ def _steps(rec: Record, obs: Observation, now_ms: int, config: DeployConfig) -> 
                     return
                 _next_step(rec, now_ms)
                 continue
-            deadline = data["gate"]["deadline"]
+            deadline = waiting["deadline"]
             if deadline is not None and now_ms >= deadline:
                 event(rec, now_ms, "gate", name=gate.name, status="expired", on_timeout=gate.on_timeout)
                 if gate.on_timeout == "promote":
@@ -217,9 +219,9 @@ def advance(rec: Record, obs: Observation, now_ms: int) -> None:
         status, message = step_rolling(rec, obs, now_ms, key="promotion", targets=live,
                                        weights=weight_shares(live, 100 - data["weight"]), settings=settings,
                                        free=[], extra_serving=[name])
-        if status == FAILED:
+        if status == RollingStatus.FAILED:
             begin_abort(rec, now_ms, "script_failure", f"promotion: {message}")
-        elif status == DONE:
+        elif status == RollingStatus.DONE:
             for slot_name, share in weight_shares(live, 100).items():
                 rec["slots"][slot_name]["weight"] = share
             set_router(canary, DRAIN, now_ms, 0)

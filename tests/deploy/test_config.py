@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.frontend import load_file
-from deploy.config import ConfigError, config_from_dict, load_config
+from deploy.config import DeployConfigError, config_from_dict, load_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -53,7 +53,7 @@ def base(strategy: str, **deploy) -> tuple[dict, dict]:
 ])
 def test_impossible_combinations_are_refused(strategy: str, extra: dict, message: str) -> None:
     deploy, envs = base(strategy, **extra)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(DeployConfigError, match=message):
         load_config(deploy, envs)
 
 

@@ -51,7 +51,7 @@ class Driver:
         self.counter += 1
         heapq.heappush(self.queue, (self._time() + min(countdown, 2.0), self.counter, run_id, job, seq))
 
-    def run(self, rt: engine.Runtime, until: Callable[[], bool], timeout: float = 60.0) -> None:
+    def run(self, rt: engine.DeployRuntime, until: Callable[[], bool], timeout: float = 60.0) -> None:
         deadline = self._time() + timeout
         while not until():
             assert self.queue, "no tick queued"
@@ -100,7 +100,7 @@ class Harness:
         self.state = open_state(f"sqlite:///{tmp / 'state.db'}")
         self.deploys = deploy_store_for(self.state)
         self.driver = Driver()
-        self.rt = engine.Runtime(self.state, self.deploys, self.driver.enqueue, "test-worker")
+        self.rt = engine.DeployRuntime(self.state, self.deploys, self.driver.enqueue, "test-worker")
         self.router = HAProxyRouter(haproxy.admin, "web")
         self.count = 0
 
@@ -255,7 +255,8 @@ def test_transient_errors_back_off_then_abort_for_infrastructure(tmp_path: Path,
     state = open_state(f"sqlite:///{tmp_path / 'state.db'}")
     driver = Driver()
     router = DownRouter(failures=10**6)
-    rt = engine.Runtime(state, deploy_store_for(state), driver.enqueue, "w", router_factory=lambda config: router)
+    rt = engine.DeployRuntime(state, deploy_store_for(state), driver.enqueue, "w",
+                              router_factory=lambda config: router)
     path = pipeline(tmp_path, "unix:///nonexistent", {"web1": 1, "web2": 2, "spare1": 3, "spare2": 4}, """\
         environment: prod
         version: v2
@@ -321,8 +322,8 @@ def test_one_deployment_per_environment_and_the_next_starts_from_what_it_left(tm
     ports = {"web1": 1, "web2": 2, "spare1": 3, "spare2": 4}
     router = MemoryRouter({"web1": "127.0.0.1:1", "web2": "127.0.0.1:2"})
     driver = Driver(virtual=True)
-    rt = engine.Runtime(state, deploy_store_for(state), driver.enqueue, "w", router_factory=lambda c: router,
-                        provider_factory=lambda c, w: NoopProvider(), clock=driver.clock)
+    rt = engine.DeployRuntime(state, deploy_store_for(state), driver.enqueue, "w", router_factory=lambda c: router,
+                              provider_factory=lambda c, w: NoopProvider(), clock=driver.clock)
     deploys = deploy_store_for(state)
 
     def start(run_id: str, spec: str) -> None:

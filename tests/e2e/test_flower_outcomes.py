@@ -2,7 +2,7 @@
 
 A job task never raises (a raising chord header would break the chord), so the result
 backend keeps SUCCESS for every job; the worker's events carry the outcome instead
-(worker/tasks.py, docs/observability.md "Flower"). Checked through Flower's HTTP API.
+(worker/task_events.py, docs/observability.md "Flower"). Checked through Flower's HTTP API.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from celery.events.state import State
 from celery.utils.saferepr import saferepr
 
 from worker.job_runner import task_result
-from worker.tasks import SKIPPED_EVENT, _last_outcome, job_event, outcome_of, reported_event
+from worker.task_events import SKIPPED_EVENT, _last_outcome, job_event, outcome_of, reported_event
 
 RUN = "20261127-033302-447b0a"
 

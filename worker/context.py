@@ -1,0 +1,92 @@
+"""What a worker process holds for all its jobs, and the one instance each process has.
+
+The context is built on first use, in the process that runs the tasks (after a fork,
+never before one): the state store's connections, the executor and the artifact store
+must not be shared across processes.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shared.config import Settings
+from shared.plan import Plan
+from shared.state import open_state
+from shared.state.base import StateStore
+from worker.artifacts import ArtifactAccess
+from worker.executors import select_executor
+from worker.executors.contract import Executor
+
+if TYPE_CHECKING:
+    from deploy.engine import DeployRuntime
+
+# A run's plan never changes; this many stay parsed per process.
+PLAN_CACHE_SIZE = 32
+
+
+@dataclass
+class WorkerContext:
+    """The state store, executor, artifact store and identity every job of a worker uses."""
+
+    store: StateStore
+    executor: Executor
+    worker_name: str
+    data_dir: Path
+    lease_seconds: float = 30.0
+    plans: dict[str, Plan] = field(default_factory=dict)
+    artifacts: ArtifactAccess | None = None  # None: no artifact store (sources copied from a path)
+    # The deployment engine's runtime over this context's stores (worker.deploy_tasks
+    # creates it on the first deployment job or tick).
+    deployments: DeployRuntime | None = None
+
+    def plan(self, run_id: str) -> Plan:
+        """The run's plan, parsed once per process (a run's plan never changes)."""
+        if run_id not in self.plans:
+            if len(self.plans) >= PLAN_CACHE_SIZE:
+                self.plans.clear()
+            self.plans[run_id] = Plan.from_dict(self.store.get_plan(run_id))
+        return self.plans[run_id]
+
+
+def worker_name(settings: Settings) -> str:
+    """This worker's name: `--name` (passed on as CONVEYOR_WORKER_NAME), else conveyor@HOST.
+
+    It labels the containers and marks the processes of the worker's steps, so a
+    restarted worker of the same name finds what its previous life left.
+    """
+    return os.environ.get("CONVEYOR_WORKER_NAME") or f"conveyor@{socket.gethostname()}"
+
+
+def open_context(settings: Settings) -> WorkerContext:
+    """A new context from the settings (opens the store, picks and connects the executor)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return WorkerContext(
+        artifacts=ArtifactAccess(
+            artifacts_url=settings.effective_artifacts_url,
+            state_url=settings.effective_state_url,
+            s3_endpoint_url=settings.s3_endpoint_url,
+            expire_in_s=settings.artifacts_expire_in,
+        ),
+        store=open_state(settings.effective_state_url),
+        executor=select_executor(settings.executor, settings.data_dir),
+        worker_name=worker_name(settings),
+        data_dir=settings.data_dir,
+        lease_seconds=settings.lease_seconds,
+    )
+
+
+_process_context: WorkerContext | None = None
+_process_context_lock = threading.Lock()
+
+
+def process_context(settings: Settings) -> WorkerContext:
+    """This process's context, created on first use (after fork, not before)."""
+    global _process_context
+    with _process_context_lock:
+        if _process_context is None:
+            _process_context = open_context(settings)
+        return _process_context
