@@ -37,6 +37,10 @@ class ProviderConfig:
     port: int | None = None
     docker_host: str | None = None
     network: str = "bridge"  # docker: bridge (publish `port` on the address) | host ($PORT = the address's port)
+    # The environment of provider and health commands beyond PATH and CONVEYOR_DEPLOY_*:
+    # literal values, and names of the worker's own variables to pass (operator only).
+    env: tuple[tuple[str, str], ...] = ()
+    pass_env: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,14 +197,69 @@ def _canary_steps(raw: Any) -> tuple[CanaryStep, ...]:
     return tuple(steps)
 
 
-def load_config(deploy: Mapping[str, Any], environments: Mapping[str, Any]) -> DeployConfig:
-    """The typed configuration of a job's `deploy:` section; DeployConfigError when it cannot run."""
+# What a provider may be told only by the operator: where the engine is, which network
+# instances join, and which of the worker's own variables its commands see.
+OPERATOR_ONLY_PROVIDER_KEYS = ("docker_host", "network", "pass_env")
+
+
+def deploy_gates(deploy: Mapping[str, Any]) -> list[str]:
+    """The gate names of a job's `deploy:` section (what `conveyor approve` accepts for it),
+    read from the section alone: the environment may be defined only on the deploy workers."""
+    strategy = str(deploy.get("strategy", ""))
+    if strategy == "canary":
+        steps = _canary_steps((deploy.get("canary") or {}).get("steps"))
+        return [step.gate.name for step in steps if step.gate is not None]
+    if strategy == "blue_green" and not _blue_green(deploy.get("blue_green")).auto_promote:
+        return [PROMOTE_GATE]
+    return []
+
+
+def environment_definition(name: str, pipeline: Mapping[str, Any], operator: Mapping[str, Any],
+                           pipeline_allowed: bool) -> Mapping[str, Any]:
+    """The definition of environment ``name``: the operator's if it has one (conveyor.toml
+    `[environments.NAME]` of the deploy workers), else the pipeline's where the operator
+    lets pipelines define environments. DeployConfigError says which and how to fix it."""
+    if name in operator:
+        return operator[name]
+    if name not in pipeline:
+        known = sorted(set(operator) | (set(pipeline) if pipeline_allowed else set()))
+        raise DeployConfigError(f"unknown environment {name!r}" + (f" (known: {', '.join(known)})" if known else
+                                " (the operator defines environments in conveyor.toml: [environments.NAME])"))
+    if not pipeline_allowed:
+        raise DeployConfigError(
+            f"environment {name!r} is defined by the pipeline, and this worker runs only environments its "
+            f"operator defines: add [environments.{name}] to the deploy workers' conveyor.toml, or set "
+            "CONVEYOR_PIPELINE_ENVIRONMENTS=true where every pipeline author is trusted with the workers")
+    provider = pipeline[name].get("provider") or {}
+    for key in OPERATOR_ONLY_PROVIDER_KEYS:
+        if key in provider and not (key == "network" and provider[key] == "bridge"):
+            raise DeployConfigError(f"environment {name!r}: provider.{key} can only be set by the operator "
+                                    f"([environments.{name}] in conveyor.toml), not by a pipeline")
+    return pipeline[name]
+
+
+def _provider(raw: Mapping[str, Any]) -> ProviderConfig:
+    values = dict(raw)
+    env = values.pop("env", None) or {}
+    if not isinstance(env, Mapping):
+        raise DeployConfigError("provider.env must be a table of NAME = value")
+    pass_env = values.pop("pass_env", None) or ()
+    provider = _take(values, ProviderConfig)
+    return replace(provider, env=tuple(sorted((str(k), str(v)) for k, v in env.items())),
+                   pass_env=tuple(str(name) for name in pass_env))
+
+
+def load_config(deploy: Mapping[str, Any], environments: Mapping[str, Any], operator: Mapping[str, Any] | None = None,
+                pipeline_allowed: bool = True) -> DeployConfig:
+    """The typed configuration of a job's `deploy:` section; DeployConfigError when it cannot run.
+
+    ``environments`` are the pipeline's, ``operator`` the worker's (they win); a pipeline's
+    own are used only when ``pipeline_allowed`` (see ``environment_definition``).
+    """
     env_name = str(deploy["environment"])
-    env = environments.get(env_name)
-    if env is None:
-        raise DeployConfigError(f"unknown environment {env_name!r}")
+    env = environment_definition(env_name, environments, operator or {}, pipeline_allowed)
     router = _take(env["router"], RouterConfig)
-    provider = _take(env["provider"], ProviderConfig)
+    provider = _provider(env["provider"])
     instances = tuple(Slot(str(i["name"]), str(i["address"]), "instance") for i in env["instances"])
     spare = tuple(Slot(f"{SPARE_PREFIX}{n + 1}", str(a), "spare") for n, a in enumerate(env.get("spare") or ()))
     health = _take(env.get("health_check"), HealthConfig)
@@ -252,6 +311,13 @@ def check(config: DeployConfig) -> None:
             raise DeployConfigError("canary needs at least one step")
 
 
+def _provider_from_dict(data: Mapping[str, Any]) -> ProviderConfig:
+    values = dict(data)
+    values["env"] = tuple((str(k), str(v)) for k, v in values.get("env") or ())
+    values["pass_env"] = tuple(values.get("pass_env") or ())
+    return ProviderConfig(**values)
+
+
 def config_from_dict(data: Mapping[str, Any]) -> DeployConfig:
     """The inverse of DeployConfig.to_dict (a persisted record carries its config)."""
     canary = data["canary"]
@@ -264,7 +330,7 @@ def config_from_dict(data: Mapping[str, Any]) -> DeployConfig:
         version=data["version"],
         strategy=data["strategy"],
         router=RouterConfig(**data["router"]),
-        provider=ProviderConfig(**data["provider"]),
+        provider=_provider_from_dict(data["provider"]),
         instances=tuple(Slot(**s) for s in data["instances"]),
         spare=tuple(Slot(**s) for s in data["spare"]),
         health=HealthConfig(**data["health"]),

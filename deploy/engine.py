@@ -352,7 +352,8 @@ def _probe(rt: DeployRuntime, rec: Record, config: DeployConfig, workdir: Path |
     targets = reconcile.probe_targets(rec, now)
     if not targets:
         return
-    futures = {name: rt.pool.submit(probe, config.health, Instance(name, rec["slots"][name]["address"]), workdir)
+    futures = {name: rt.pool.submit(probe, config.health, Instance(name, rec["slots"][name]["address"]), workdir,
+                                   config.provider)
                for name in targets}
     results: dict[str, Probe] = {name: future.result() for name, future in futures.items()}
     for name, healthy in reconcile.apply_probes(rec, results, config.health, now):

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from deploy.config import HealthConfig
+from deploy.config import HealthConfig, ProviderConfig
 from deploy.providers.base import Instance
-from deploy.providers.command import render
+from deploy.providers.command import command_environment, render
 
 
 class HealthState(TypedDict):
@@ -37,8 +37,10 @@ class Probe:
     detail: str = ""
 
 
-def probe(config: HealthConfig, instance: Instance, workdir: Path | None = None) -> Probe:
-    """Probe the instance once, within `config.timeout` seconds."""
+def probe(config: HealthConfig, instance: Instance, workdir: Path | None = None,
+          provider: ProviderConfig | None = None) -> Probe:
+    """Probe the instance once, within `config.timeout` seconds. A command check runs with
+    the environment of the provider's commands (``provider``), never the worker's."""
     try:
         if config.type == "http":
             return _http(config, instance)
@@ -46,7 +48,7 @@ def probe(config: HealthConfig, instance: Instance, workdir: Path | None = None)
             with socket.create_connection((instance.host, instance.port), timeout=config.timeout):
                 return Probe(True, "connected")
         if config.type == "command":
-            return _command(config, instance, workdir)
+            return _command(config, instance, workdir, provider)
     except (OSError, http.client.HTTPException) as exc:
         return Probe(False, f"{type(exc).__name__}: {exc}")
     return Probe(False, f"unknown health check type {config.type!r}")
@@ -64,12 +66,13 @@ def _http(config: HealthConfig, instance: Instance) -> Probe:
         conn.close()
 
 
-def _command(config: HealthConfig, instance: Instance, workdir: Path | None) -> Probe:
+def _command(config: HealthConfig, instance: Instance, workdir: Path | None, provider: ProviderConfig | None) -> Probe:
     values = {"INSTANCE": instance.name, "VERSION": "", "PORT": str(instance.port), "ADDRESS": instance.address}
+    env = command_environment(values, provider.env, provider.pass_env) if provider else command_environment(values)
     try:
         argv = render(config.command or "", values)
         proc = subprocess.run(argv, cwd=workdir if workdir and workdir.is_dir() else None, stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=config.timeout)
+                              capture_output=True, timeout=config.timeout, env=env)
     except subprocess.TimeoutExpired:
         return Probe(False, f"timed out after {config.timeout}s")
     except Exception as exc:  # a bad template or a missing program fails the probe, visibly

@@ -34,9 +34,10 @@ _KEYS = {
     "lease_seconds": "CONVEYOR_LEASE_SECONDS",
     "gc_interval": "CONVEYOR_GC_INTERVAL",
     "artifacts_expire_in": "CONVEYOR_ARTIFACTS_EXPIRE_IN",
+    "pipeline_environments": "CONVEYOR_PIPELINE_ENVIRONMENTS",
 }
 # Only in conveyor.toml: structured settings no environment variable can hold.
-_FILE_ONLY = {"retention"}
+_FILE_ONLY = {"retention", "environments"}
 # GitLab's default: artifacts without `expire_in` are kept 30 days.
 DEFAULT_ARTIFACTS_EXPIRE_IN = 30 * 86400
 
@@ -68,6 +69,17 @@ class Settings:
     gc_interval: float = 3600.0  # seconds between artifact collections on a worker; 0 = never
     artifacts_expire_in: int = DEFAULT_ARTIFACTS_EXPIRE_IN  # seconds; 0 = kept until a policy says
     retention: tuple = ()  # raw `[[retention]]` tables, parsed by shared.artifacts.retention
+    # Deploy targets, `[environments.NAME]` tables (deploy/config.py reads them): the
+    # operator's, which a pipeline's deploy job names.
+    environments: Mapping[str, Mapping] = field(default_factory=dict)
+    # May a pipeline define its own `environments:`? None: only in embedded mode (one's own
+    # machine), never on a worker with a broker.
+    pipeline_environments: bool | None = None
+
+    @property
+    def accepts_pipeline_environments(self) -> bool:
+        """Whether deploy targets defined by a pipeline may run on this worker."""
+        return self.embedded if self.pipeline_environments is None else self.pipeline_environments
 
     @property
     def embedded(self) -> bool:
@@ -95,11 +107,24 @@ class Settings:
         return self.artifacts_url or f"file://{self.data_dir / 'artifacts'}"
 
 
+def _flag(value: object, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
 def load_settings(environ: Mapping[str, str] | None = None, config_file: str | Path | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     values: dict[str, object] = {}
-    path = Path(config_file) if config_file else Path("conveyor.toml")
-    if config_file or path.is_file():
+    # CONVEYOR_CONFIG names the file (a worker's or a container's); else ./conveyor.toml.
+    named = config_file or environ.get("CONVEYOR_CONFIG")
+    path = Path(named) if named else Path("conveyor.toml")
+    if named or path.is_file():
         try:
             with open(path, "rb") as handle:
                 values.update(tomllib.load(handle))
@@ -129,6 +154,12 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: str | P
         if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
             raise ConfigError(f"{path}: `retention` must be an array of tables ([[retention]])")
         values["retention"] = tuple(raw)
+    if "environments" in values:
+        raw = values["environments"]
+        if not isinstance(raw, dict) or not all(isinstance(item, dict) for item in raw.values()):
+            raise ConfigError(f"{path}: `environments` must be tables ([environments.NAME])")
+    if "pipeline_environments" in values:
+        values["pipeline_environments"] = _flag(values["pipeline_environments"], "CONVEYOR_PIPELINE_ENVIRONMENTS")
     if "data_dir" in values:
         values["data_dir"] = Path(str(values["data_dir"])).expanduser()
     if values.get("executor") not in (None, "docker", "local"):

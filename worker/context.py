@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings
 from shared.plan import Plan
@@ -39,6 +40,10 @@ class WorkerContext:
     lease_seconds: float = 30.0
     plans: dict[str, Plan] = field(default_factory=dict)
     artifacts: ArtifactAccess | None = None  # None: no artifact store (sources copied from a path)
+    # Deploy targets of this worker's operator (conveyor.toml [environments.NAME]), and
+    # whether a pipeline may bring its own (Settings.accepts_pipeline_environments).
+    environments: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    pipeline_environments: bool = True
     # The deployment engine's runtime over this context's stores (worker.deploy_tasks
     # creates it on the first deployment job or tick).
     deployments: DeployRuntime | None = None
@@ -76,6 +81,8 @@ def open_context(settings: Settings) -> WorkerContext:
         worker_name=worker_name(settings),
         data_dir=settings.data_dir,
         lease_seconds=settings.lease_seconds,
+        environments=settings.environments,
+        pipeline_environments=settings.accepts_pipeline_environments,
     )
 
 

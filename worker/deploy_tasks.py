@@ -66,7 +66,8 @@ def start_deployment(app: Celery, ctx: WorkerContext, admitted: Admitted) -> dic
     store, plan, job, claim, run = ctx.store, admitted.plan, admitted.job, admitted.claim, admitted.run
     assert job.deploy is not None, "start_deployment is for deployment jobs"
     try:
-        config = load_config(job.deploy, plan.environments)
+        config = load_config(job.deploy, plan.environments, operator=ctx.environments,
+                             pipeline_allowed=ctx.pipeline_environments)
     except (DeployConfigError, KeyError, TypeError, ValueError) as exc:
         reason = "script_failure"  # the pipeline's deploy block is wrong: retrying will not help
         store.append_logs(run.run_id, job.name, [("system", f"deploy: cannot run this deployment: {exc}")])

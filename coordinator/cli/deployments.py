@@ -42,17 +42,17 @@ def _refuse(message: str) -> None:
 
 def _gates(plan: dict) -> dict[str, list[str]]:
     """Gate name -> deployment jobs that have it."""
-    from deploy.config import DeployConfigError, load_config
+    from deploy.config import DeployConfigError, deploy_gates
 
     gates: dict[str, list[str]] = {}
     for name, job in plan.get("jobs", {}).items():
         if not job.get("deploy"):
             continue
         try:
-            config = load_config(job["deploy"], plan.get("environments") or {})
+            names = deploy_gates(job["deploy"])
         except (DeployConfigError, KeyError, TypeError, ValueError):
             continue
-        for gate in config.gates():
+        for gate in names:
             gates.setdefault(gate, []).append(name)
     return gates
 

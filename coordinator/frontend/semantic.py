@@ -182,8 +182,14 @@ class SemanticChecker:
             env_name = deploy.get("environment")
             path: Path = ("jobs", name, "deploy", "environment")
             if isinstance(env_name, str) and env_name not in environments:
-                hint = did_you_mean(env_name, environments) or "define it under the top-level 'environments:'"
-                self.error(path, f"job '{name}' deploys to unknown environment '{env_name}'", hint)
+                # Deploy targets are the operator's (the deploy workers' conveyor.toml), so a
+                # name the pipeline does not define is fine; one close to a name it does
+                # define is probably a typo.
+                hint = did_you_mean(env_name, environments)
+                if hint:
+                    position = self.source.nearest(path)
+                    self.out.warning(position, f"job '{name}' deploys to environment '{env_name}', which this "
+                                     "pipeline does not define (the deploy workers' operator may)", hint)
             strategy = deploy.get("strategy")
             if strategy == "canary" and "canary" not in deploy:
                 self.error(("jobs", name, "deploy", "strategy"), f"job '{name}': strategy 'canary' needs a 'canary:' section with steps")

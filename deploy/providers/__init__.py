@@ -15,7 +15,8 @@ def open_provider(config: DeployConfig, workdir: Path | None) -> Provider:
     if provider.type == "command":
         from deploy.providers.command import CommandProvider
 
-        return CommandProvider(provider.start or "", provider.stop, workdir)
+        return CommandProvider(provider.start or "", provider.stop, workdir, env=provider.env,
+                               pass_env=provider.pass_env)
     if provider.type == "docker":
         from deploy.providers.docker import DockerProvider
 

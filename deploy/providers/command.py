@@ -8,6 +8,11 @@ success, exit 75 (EX_TEMPFAIL) a transient failure, anything else a permanent on
 Each command runs in its own session: the instance it starts must outlive the worker
 that started it (a worker restart must not take production down with it). Output goes to
 a file, not a pipe, so a backgrounded instance holding the output open cannot block us.
+
+Commands never see the worker's environment (its broker and store passwords, its
+secrets): only PATH and the locale, the `CONVEYOR_DEPLOY_*` values, the environment's
+literal `env` and the worker variables its operator lists in `pass_env`. Their output is
+capped and stripped of the worker's credentials before it is stored in a deployment event.
 """
 from __future__ import annotations
 
@@ -20,12 +25,34 @@ from pathlib import Path
 from typing import Mapping
 
 from deploy.providers.base import Instance, ProviderError, TransientProviderError
+from shared.redaction import redact, sensitive_values
 
 EX_TEMPFAIL = 75
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
 OUTPUT_LIMIT = 4000
 _VARIABLE = re.compile(r"\$\{(INSTANCE|VERSION|PORT|ADDRESS)\}")
+# What a command gets of the worker's environment: finding programs and the locale.
+BASE_VARIABLES = ("PATH", "LANG", "LC_ALL", "TZ")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def command_environment(values: Mapping[str, str], env: tuple[tuple[str, str], ...] = (),
+                        pass_env: tuple[str, ...] = (), environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a provider or health command (see the module docstring)."""
+    environ = os.environ if environ is None else environ
+    result = {name: environ[name] for name in BASE_VARIABLES if name in environ}
+    result.setdefault("PATH", DEFAULT_PATH)
+    result.update(dict(env))
+    result.update({name: environ[name] for name in pass_env if name in environ})
+    result.update({f"CONVEYOR_DEPLOY_{key}": value for key, value in values.items()})
+    return result
+
+
+def stored_text(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """Text about a command as a deployment event keeps it: the worker's credentials masked
+    (a command may have found them elsewhere than its environment, e.g. in /proc)."""
+    return redact(text, sensitive_values(os.environ if environ is None else environ))
 
 
 def render(template: str, values: Mapping[str, str]) -> list[str]:
@@ -43,10 +70,13 @@ class CommandProvider:
     """Runs `start`/`stop` templates in `workdir` (the run's source directory)."""
 
     def __init__(self, start: str, stop: str | None, workdir: Path | None = None,
-                 start_timeout: float = START_TIMEOUT_S, stop_timeout: float = STOP_TIMEOUT_S) -> None:
+                 start_timeout: float = START_TIMEOUT_S, stop_timeout: float = STOP_TIMEOUT_S,
+                 env: tuple[tuple[str, str], ...] = (), pass_env: tuple[str, ...] = ()) -> None:
         self.start_template = start
         self.stop_template = stop
         self.workdir = workdir
+        self.env = env
+        self.pass_env = pass_env
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
 
@@ -61,7 +91,7 @@ class CommandProvider:
     def _run(self, template: str, instance: Instance, version: str, timeout: float) -> str:
         values = {"INSTANCE": instance.name, "VERSION": version, "PORT": str(instance.port), "ADDRESS": instance.address}
         argv = render(template, values)
-        env = {**os.environ, **{f"CONVEYOR_DEPLOY_{k}": v for k, v in values.items()}}
+        env = command_environment(values, self.env, self.pass_env)
         cwd = self.workdir if self.workdir is not None and self.workdir.is_dir() else None
         with tempfile.TemporaryFile() as output:
             try:
@@ -76,7 +106,7 @@ class CommandProvider:
             output.seek(0)
             text = output.read()[-OUTPUT_LIMIT:].decode("utf-8", "replace").strip()
         if proc.returncode == EX_TEMPFAIL:
-            raise TransientProviderError(f"{shlex.join(argv)} exited 75 (temporary failure): {text}")
+            raise TransientProviderError(stored_text(f"{shlex.join(argv)} exited 75 (temporary failure): {text}"))
         if proc.returncode != 0:
-            raise ProviderError(f"{shlex.join(argv)} exited {proc.returncode}: {text}")
-        return text
+            raise ProviderError(stored_text(f"{shlex.join(argv)} exited {proc.returncode}: {text}"))
+        return stored_text(text)

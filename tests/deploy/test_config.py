@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.frontend import load_file
-from deploy.config import DeployConfigError, config_from_dict, load_config
+from deploy.config import DeployConfigError, config_from_dict, deploy_gates, load_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -86,7 +86,60 @@ jobs:
 """)
     result = load_file(path, {}, run_id="r1")
     assert result.ok, [str(d) for d in result.diagnostics]
-    config = load_config(result.plan.jobs["release"].deploy, result.plan.environments)
+    # provider.network is the operator's to set: as the deploy workers' own environment
+    config = load_config(result.plan.jobs["release"].deploy, {}, operator=result.plan.environments,
+                         pipeline_allowed=False)
     assert (config.analysis.min_requests, config.analysis.max_error_rate, config.analysis.failure_limit) == (7, 0.02, 3)
     assert config.provider.network == "host"
     assert config_from_dict(config.to_dict()) == config
+
+
+# -- who defines an environment ------------------------------------------------------------
+
+PIPELINE_ENV = {"router": {"type": "haproxy", "admin": "unix:///run/h.sock", "backend": "web"},
+                "provider": {"type": "command", "start": "start-it"},
+                "instances": [{"name": "web1", "address": "127.0.0.1:8081"}]}
+DEPLOY = {"environment": "production", "version": "v2", "strategy": "rolling"}
+
+
+def test_the_operators_definition_wins_over_the_pipelines() -> None:
+    operator = {"production": {**PIPELINE_ENV, "provider": {"type": "command", "start": "operator-start"}}}
+    config = load_config(DEPLOY, {"production": PIPELINE_ENV}, operator=operator, pipeline_allowed=False)
+    assert config.provider.start == "operator-start"
+
+
+def test_a_pipeline_definition_is_refused_where_the_operator_does_not_allow_it() -> None:
+    with pytest.raises(DeployConfigError, match=r"defined by the pipeline.*\[environments\.production\]"):
+        load_config(DEPLOY, {"production": PIPELINE_ENV}, operator={}, pipeline_allowed=False)
+
+
+@pytest.mark.parametrize("key, value", [("docker_host", "tcp://10.0.0.1:2375"), ("network", "host"),
+                                        ("pass_env", ["CONVEYOR_BROKER_URL"])])
+def test_operator_only_provider_keys_are_refused_from_a_pipeline(key: str, value: object) -> None:
+    env = {**PIPELINE_ENV, "provider": {"type": "docker", "image": "app", "port": 80, key: value}}
+    with pytest.raises(DeployConfigError, match=f"provider.{key} can only be set by the operator"):
+        load_config(DEPLOY, {"production": env}, pipeline_allowed=True)
+    # the operator may
+    config = load_config(DEPLOY, {}, operator={"production": env}, pipeline_allowed=False)
+    assert config.provider.type == "docker"
+
+
+def test_an_unknown_environment_names_the_known_ones() -> None:
+    with pytest.raises(DeployConfigError, match=r"unknown environment 'prod' \(known: production\)"):
+        load_config({**DEPLOY, "environment": "prod"}, {}, operator={"production": PIPELINE_ENV})
+
+
+def test_provider_env_and_pass_env_survive_the_stored_record() -> None:
+    env = {**PIPELINE_ENV, "provider": {"type": "command", "start": "s", "env": {"MODE": "blue"},
+                                        "pass_env": ["REGION"]}}
+    config = load_config(DEPLOY, {}, operator={"production": env}, pipeline_allowed=False)
+    assert (config.provider.env, config.provider.pass_env) == ((("MODE", "blue"),), ("REGION",))
+    assert config_from_dict(config.to_dict()) == config
+
+
+def test_gates_are_read_from_the_deploy_section_alone() -> None:
+    canary = {**DEPLOY, "strategy": "canary",
+              "canary": {"steps": [{"set_weight": 10}, {"approval": {"name": "go-live"}}]}}
+    assert deploy_gates(canary) == ["go-live"]
+    assert deploy_gates({**DEPLOY, "strategy": "blue_green", "blue_green": {"auto_promote": False}}) == ["promote"]
+    assert deploy_gates(DEPLOY) == []

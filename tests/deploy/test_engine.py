@@ -317,7 +317,7 @@ class NoopProvider:
 
 
 def test_one_deployment_per_environment_and_the_next_starts_from_what_it_left(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(engine, "probe", lambda config, instance, workdir=None: engine.Probe(True, "ok"))
+    monkeypatch.setattr(engine, "probe", lambda config, instance, workdir=None, provider=None: engine.Probe(True, "ok"))
     state = open_state(f"sqlite:///{tmp_path / 'state.db'}")
     ports = {"web1": 1, "web2": 2, "spare1": 3, "spare2": 4}
     router = MemoryRouter({"web1": "127.0.0.1:1", "web2": "127.0.0.1:2"})

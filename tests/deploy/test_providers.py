@@ -179,3 +179,40 @@ def test_docker_engine_unreachable_is_transient() -> None:
     provider = DockerProvider("img:${VERSION}", 8080, "env", docker_host="tcp://127.0.0.1:1", ready_timeout=1)
     with pytest.raises(TransientProviderError):
         provider.start(Instance("web1", "127.0.0.1:9"), "v1")
+
+
+# -- what provider and health commands see --------------------------------------------------
+
+
+def test_provider_commands_get_no_worker_variables(monkeypatch, tmp_path) -> None:
+    from deploy.providers.command import CommandProvider
+
+    monkeypatch.setenv("CONVEYOR_SECRET_API_TOKEN", "worker-secret-123")
+    monkeypatch.setenv("CONVEYOR_BROKER_URL", "redis://:broker-pw-123@redis:6379/0")
+    monkeypatch.setenv("REGION", "eu-1")
+    out = tmp_path / "env.txt"
+    provider = CommandProvider(f"sh -c 'env > {out}'", None, env=(("MODE", "blue"),), pass_env=("REGION",))
+    provider.start(Instance("web1", "127.0.0.1:8081"), "v2")
+    seen = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    assert seen["CONVEYOR_DEPLOY_INSTANCE"] == "web1" and seen["CONVEYOR_DEPLOY_VERSION"] == "v2"
+    assert (seen["MODE"], seen["REGION"]) == ("blue", "eu-1")
+    assert "CONVEYOR_SECRET_API_TOKEN" not in seen and "CONVEYOR_BROKER_URL" not in seen
+
+
+def test_provider_output_is_stored_without_the_workers_credentials(monkeypatch) -> None:
+    from deploy.providers.command import CommandProvider
+
+    monkeypatch.setenv("CONVEYOR_SECRET_API_TOKEN", "worker-secret-123")
+    provider = CommandProvider("sh -c 'echo leaked worker-secret-123; exit 2'", None)
+    with pytest.raises(ProviderError) as failure:
+        provider.start(Instance("web1", "127.0.0.1:8081"), "v2")
+    assert "worker-secret-123" not in str(failure.value) and "leaked ***" in str(failure.value)
+
+
+def test_health_commands_get_no_worker_variables(monkeypatch) -> None:
+    from deploy.config import HealthConfig
+    from deploy.health import probe
+
+    monkeypatch.setenv("CONVEYOR_SECRET_API_TOKEN", "worker-secret-123")
+    check = HealthConfig(type="command", command="sh -c 'test -z \"$CONVEYOR_SECRET_API_TOKEN\"'")
+    assert probe(check, Instance("web1", "127.0.0.1:8081")).ok

@@ -38,6 +38,9 @@ class Site:
                                               {n: f"127.0.0.1:{self.ports[n]}" for n in ("web1", "web2")})
         self.router = HAProxyRouter(self.haproxy.admin, "web")
         cluster.env["DEMO_STATE_DIR"] = str(self.apps)
+        # These workers' operator (the test) lets pipelines define deploy targets; the
+        # default with a broker refuses them (tests/security/test_pipeline_environments.py).
+        cluster.env["CONVEYOR_PIPELINE_ENVIRONMENTS"] = "true"
 
     def start_v1(self) -> None:
         """v1 already live, started outside Conveyor (its first deployment sees an unknown stable version)."""
