@@ -23,6 +23,8 @@ COMMANDS = {
     "reject": "coordinator.cli.deployments:reject",
     "abort": "coordinator.cli.deployments:abort",
     "rollback": "coordinator.cli.deployments:rollback",
+    "token": "coordinator.cli.tokens:token",
+    "server": "coordinator.cli.server:server",
 }
 
 

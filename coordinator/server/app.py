@@ -1,0 +1,203 @@
+"""`conveyor server`: the HTTP API over the same stores the workers use (docs/server.md).
+
+Stateless across replicas: every answer is read from the state store, the artifact
+store and the token store, so two servers behind one address give the same answers.
+Requests are authenticated with bearer tokens (`shared.tokens`); every error has the
+shape `{"error": {"code", "message"}}`.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from coordinator import status_view
+from coordinator.run_status import full_status_json, is_run_id
+from shared.config import Settings
+from shared.state import open_state
+from shared.state.base import TERMINAL, StateStore
+from shared.tokens import Scope, Token, TokenStore, open_tokens
+
+# How often a followed log or event stream looks for news (a blocking read would hold a
+# worker thread per client).
+FOLLOW_POLL_S = 0.25
+LOG_PAGE = 1000
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, a stable machine code and a one-line message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+          409: "conflict", 413: "too_large", 422: "invalid", 503: "unavailable"}
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+@dataclass
+class Services:
+    """What the handlers read and write: opened once per server process."""
+
+    settings: Settings
+    store: StateStore
+    tokens: TokenStore
+
+
+def requires(scope: Scope) -> Callable[..., Token]:
+    """A dependency: the request's bearer token, which must include ``scope``."""
+
+    def check(request: Request) -> Token:
+        header = request.headers.get("authorization", "")
+        value = header[7:].strip() if header[:7].lower() == "bearer " else None
+        token = request.app.state.services.tokens.verify(value)
+        if token is None:
+            raise ApiError(401, "unauthorized", "a valid API token is required (Authorization: Bearer TOKEN)")
+        if not token.allows(scope):
+            raise ApiError(403, "forbidden", f"this token's scope is {token.scope!r}; this needs {scope!r}")
+        return token
+
+    return check
+
+
+def _known_run(services: Services, run_id: str) -> None:
+    if not is_run_id(run_id) or services.store.get_run(run_id) is None:
+        raise ApiError(404, "not_found", f"no run {run_id!r}")
+
+
+def create_app(settings: Settings, store: StateStore | None = None, tokens: TokenStore | None = None) -> FastAPI:
+    """The server's ASGI app; ``store``/``tokens`` default to those of ``settings``."""
+    app = FastAPI(title="Conveyor", version="1", docs_url="/api/docs", redoc_url=None,
+                  openapi_url="/api/openapi.json")
+    app.state.services = Services(settings, store or open_state(settings.effective_state_url),
+                                  tokens or open_tokens(settings.effective_state_url))
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, _CODES.get(exc.status_code, "error"), str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        where = "; ".join(".".join(str(p) for p in e.get("loc", ())) + ": " + str(e.get("msg", ""))
+                          for e in exc.errors()[:5])
+        return _error(400, "bad_request", f"invalid request: {where}")
+
+    def services() -> Services:
+        return app.state.services
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz(svc: Services = Depends(services)) -> JSONResponse:
+        try:
+            svc.store.list_runs(1)
+            svc.tokens.list()
+        except Exception as exc:  # the store is down: not ready, the load balancer looks elsewhere
+            return _error(503, "unavailable", f"state store unreachable: {type(exc).__name__}")
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/api/v1/runs")
+    def list_runs(limit: int = 20, status: str | None = None, repository: str | None = None,
+                  branch: str | None = None, _: Token = Depends(requires("read")),
+                  svc: Services = Depends(services)) -> list[dict[str, Any]]:
+        """Newest first; the same items as `conveyor runs --format json`."""
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, "bad_request", "limit must be between 1 and 1000")
+        window = limit if not (status or repository or branch) else 1000
+        items = status_view.runs_json(svc.store, window)
+        triggers = {run.run_id: (run.meta or {}).get("trigger") for run in svc.store.list_runs(window)}
+        for item in items:
+            if triggers.get(item["run_id"]) is not None:
+                item["trigger"] = triggers[item["run_id"]]
+        if status:
+            items = [item for item in items if item["status"] == status]
+        if repository or branch:
+            items = [item for item in items if _trigger_matches(item.get("trigger"), repository, branch)]
+        return items[:limit]
+
+    @app.get("/api/v1/runs/{run_id}")
+    def get_run(run_id: str, _: Token = Depends(requires("read")),
+                svc: Services = Depends(services)) -> dict[str, Any]:
+        """The same JSON as `conveyor status RUN --format json`."""
+        _known_run(svc, run_id)
+        view = full_status_json(svc.settings, svc.store, run_id)
+        if view is None:
+            raise ApiError(404, "not_found", f"no run {run_id!r}")
+        return view
+
+    @app.get("/api/v1/runs/{run_id}/jobs/{job}/log", response_model=None)
+    def job_log(run_id: str, job: str, follow: int = 0, _: Token = Depends(requires("read")),
+                svc: Services = Depends(services)) -> PlainTextResponse | StreamingResponse:
+        """The job's log as text; `?follow=1` streams it as server-sent events until the job ends."""
+        _known_run(svc, run_id)
+        if job not in svc.store.get_jobs(run_id):
+            raise ApiError(404, "not_found", f"run {run_id!r} has no job {job!r}")
+        if not follow:
+            lines: list[str] = []
+            cursor = None
+            while True:
+                batch, cursor = svc.store.read_logs(run_id, job, after=cursor, count=LOG_PAGE)
+                lines.extend(entry.text for entry in batch)
+                if len(batch) < LOG_PAGE:
+                    break
+            return PlainTextResponse("".join(line + "\n" for line in lines))
+        return StreamingResponse(_follow_log(svc.store, run_id, job), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @app.post("/api/v1/runs/{run_id}/cancel", status_code=202)
+    def cancel(run_id: str, _: Token = Depends(requires("trigger")),
+               svc: Services = Depends(services)) -> dict[str, Any]:
+        _known_run(svc, run_id)
+        return {"run_id": run_id, "stopping": svc.store.request_cancel(run_id)}
+
+    return app
+
+
+def _trigger_matches(trigger: Any, repository: str | None, branch: str | None) -> bool:
+    if not isinstance(trigger, dict):
+        return False
+    return (repository is None or trigger.get("repository") == repository) and \
+        (branch is None or trigger.get("branch") == branch)
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def _follow_log(store: StateStore, run_id: str, job: str) -> AsyncIterator[bytes]:
+    """Log lines as `line` events, then one `end` event with the job's final status."""
+    cursor = None
+    while True:
+        batch, cursor = await asyncio.to_thread(store.read_logs, run_id, job, cursor, LOG_PAGE)
+        for entry in batch:
+            yield _sse("line", {"stream": entry.stream, "text": entry.text, "at": entry.timestamp})
+        if len(batch) == LOG_PAGE:
+            continue
+        record = (await asyncio.to_thread(store.get_jobs, run_id, [job]))[job]
+        if record.status in TERMINAL:
+            # One last read: lines written just before the status are not lost.
+            batch, cursor = await asyncio.to_thread(store.read_logs, run_id, job, cursor, LOG_PAGE)
+            for entry in batch:
+                yield _sse("line", {"stream": entry.stream, "text": entry.text, "at": entry.timestamp})
+            yield _sse("end", {"status": record.status, "reason": record.reason})
+            return
+        await asyncio.sleep(FOLLOW_POLL_S)
