@@ -26,7 +26,8 @@ SECRETS = {
 }
 OPTIONAL = ("CONVEYOR_HOST_DATA_DIR", "CONVEYOR_WORKER_CONCURRENCY", "CONVEYOR_LOG_FORMAT", "CONVEYOR_FLOWER_BIND",
             "CONVEYOR_FLOWER_PORT", "CONVEYOR_WORKERS", "CONVEYOR_METRICS_BIND", "CONVEYOR_DEMO_BIND",
-            "CONVEYOR_DEMO_PORT", "CONVEYOR_MINIO_CONSOLE_PORT", "CONVEYOR_LEASE_SECONDS")
+            "CONVEYOR_DEMO_PORT", "CONVEYOR_MINIO_CONSOLE_PORT", "CONVEYOR_LEASE_SECONDS", "CONVEYOR_SERVER_BIND",
+            "CONVEYOR_SERVER_PORT", "CONVEYOR_DEPLOYER_CONFIG")
 
 
 def compose_config(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
@@ -58,7 +59,7 @@ def volume_pairs(service: dict) -> list[tuple[str, str]]:
 @pytest.mark.slow
 def test_every_service_is_defined_with_its_profile(config: dict) -> None:
     services = config["services"]
-    assert {"redis", "minio", "minio-init", "worker", "deployer", "flower", "cli", "haproxy",
+    assert {"redis", "minio", "minio-init", "worker", "deployer", "server", "flower", "cli", "haproxy",
             "prometheus"} <= set(services)
     assert services["cli"]["profiles"] == ["cli"]
     assert services["haproxy"]["profiles"] == ["demo"]
@@ -151,6 +152,16 @@ def test_workers_scale_with_docker_socket_metrics_and_same_path_workspaces(tmp_p
         assert moved_services[name]["environment"]["CONVEYOR_DATA_DIR"] == "/srv/conveyor"
         assert ("/srv/conveyor", "/srv/conveyor") in volume_pairs(moved_services[name])
     assert moved_services["worker"]["scale"] == 5
+
+
+@pytest.mark.slow
+def test_the_server_is_published_on_loopback_with_the_stores_and_no_executor(config: dict) -> None:
+    server = config["services"]["server"]
+    assert server["command"][0] == "server"
+    assert [_published(p) for p in server["ports"]] == ["127.0.0.1:8000:8080"]
+    assert server["environment"]["CONVEYOR_BROKER_URL"] == "redis://:redis-pw@redis:6379/0"
+    assert server["environment"]["CONVEYOR_ARTIFACTS_URL"] == "s3://conveyor/artifacts"
+    assert "/var/run/docker.sock" not in [source for source, _ in volume_pairs(server)]
 
 
 @pytest.mark.slow

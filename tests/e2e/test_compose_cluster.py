@@ -49,6 +49,7 @@ class ComposeCluster:
     data_dir: Path
     flower_port: int
     demo_port: int
+    server_port: int
     tls_dir: Path
     redis_tls_port: int
     s3_tls_port: int
@@ -156,7 +157,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, docker_client) -> Iterator
     data_dir.mkdir()
     env_file = tmp / "cluster.env"
     cluster = ComposeCluster(project=f"conveyor-e2e-{uuid.uuid4().hex[:8]}", env_file=env_file, data_dir=data_dir,
-                             flower_port=free_port(), demo_port=free_port(), tls_dir=_make_certificates(tmp / "tls"),
+                             flower_port=free_port(), demo_port=free_port(), server_port=free_port(), tls_dir=_make_certificates(tmp / "tls"),
                              redis_tls_port=free_port(), s3_tls_port=free_port())
     env_file.write_text("\n".join([
         "CONVEYOR_REDIS_PASSWORD=redis-e2e-pw",
@@ -171,6 +172,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, docker_client) -> Iterator
         "CONVEYOR_LOG_FORMAT=text",
         f"CONVEYOR_FLOWER_PORT={cluster.flower_port}",
         f"CONVEYOR_DEMO_PORT={cluster.demo_port}",
+        f"CONVEYOR_SERVER_PORT={cluster.server_port}",
         f"CONVEYOR_MINIO_CONSOLE_PORT={free_port()}",
         # a short lease: a killed worker's job runs again within seconds, not half a minute
         "CONVEYOR_LEASE_SECONDS=6",
@@ -228,6 +230,24 @@ def test_docker_jobs_pass_artifacts_across_both_workers(cluster: ComposeCluster)
         counted += sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
                        if line.startswith('conveyor_jobs_total{') and 'status="success"' in line)
     assert counted >= len(jobs)
+
+
+def test_the_server_answers_with_a_token_only(cluster: ComposeCluster) -> None:
+    [run_id] = cluster.runs[:1]
+    [server] = cluster.containers("server")
+    created = subprocess.run(["docker", "exec", server, "conveyor", "token", "create", "e2e-reader", "--scope", "read"],
+                             capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    api = f"http://127.0.0.1:{cluster.server_port}"
+    _wait(lambda: _http(f"{api}/readyz")[0] == 200, 60, "the server to be ready")
+    assert _http(f"{api}/api/v1/runs/{run_id}")[0] == 401
+
+    request = urllib.request.Request(f"{api}/api/v1/runs/{run_id}", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        run = json.loads(response.read())
+    assert run["status"] == "success" and "package" in run["jobs"]
+    assert any(a["path"] == "app.tar.gz" for a in run["jobs"]["package"]["artifacts"])
 
 
 def test_a_killed_worker_loses_no_job(cluster: ComposeCluster) -> None:
