@@ -6,11 +6,14 @@ import secrets as random_tokens
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from coordinator.frontend import LoadResult, load_file
 from shared.config import Settings
 from shared.plan import Plan
+
+if TYPE_CHECKING:
+    from shared.artifacts.manifest import Manifest
 
 
 def new_run_id() -> str:
@@ -67,26 +70,37 @@ def submit(app, store, run_id: str, plan: Plan, pipeline_file: str | Path, param
 
 def snapshot_source(settings: Settings, run_id: str, plan: Plan, source_dir: Path) -> dict[str, object]:
     """Store `source_dir` (see shared/artifacts/source.py) and return what the run records of it."""
-    from shared.artifacts import open_store
-    from shared.artifacts.index import open_index
-    from shared.artifacts.index.base import ArtifactRecord
-    from shared.artifacts.publish import publish_manifest
-    from shared.artifacts.source import source_manifest
-
     from shared.artifacts.base import PathError
+    from shared.artifacts.source import source_manifest
 
     try:
         manifest = source_manifest(source_dir, exclude=settings.data_dir)
     except PathError as exc:
         raise SubmitError(f"source {source_dir}: {exc}; hint: workers rebuild the tree elsewhere, so links "
                           "must be relative and stay inside it (or pass another --source)") from None
+    return publish_source(settings, run_id, plan, source_dir, manifest, str(source_dir))
+
+
+def publish_source(settings: Settings, run_id: str, plan: Plan, root: Path, manifest: Manifest,
+                   what: str) -> dict[str, object]:
+    """Store the tree ``manifest`` describes under ``root`` as the run's source record (job "",
+    kind "source", every job a holder, the configured expiry); the meta keys the run keeps.
+
+    Used for a directory (`snapshot_source`) and for a commit exported from a git mirror.
+    """
+    from shared.artifacts import open_store
+    from shared.artifacts.index import open_index
+    from shared.artifacts.index.base import ArtifactRecord
+    from shared.artifacts.publish import publish_manifest
+    from shared.celery_app import redacted
+
     now = time.time()
     expire_in = settings.artifacts_expire_in
     try:
         store = open_store(settings.effective_artifacts_url, endpoint_url=settings.s3_endpoint_url)
         index = open_index(settings.effective_state_url)
         try:
-            record = publish_manifest(store, index, source_dir, manifest, ArtifactRecord(
+            record = publish_manifest(store, index, root, manifest, ArtifactRecord(
                 run_id=run_id, job="", kind="source", name="source", manifest="", size=0, files=0,
                 pipeline=plan.pipeline, created_at=now, expire_at=now + expire_in if expire_in else None,
                 last_access=now, holders=frozenset(plan.jobs),
@@ -94,7 +108,7 @@ def snapshot_source(settings: Settings, run_id: str, plan: Plan, source_dir: Pat
         finally:
             index.close()
     except Exception as exc:  # S3 or Redis unreachable, bad credentials, disk full
-        raise SubmitError(f"storing the source snapshot of {source_dir} in {settings.effective_artifacts_url} "
+        raise SubmitError(f"storing the source snapshot of {what} in {redacted(settings.effective_artifacts_url)} "
                           f"failed: {type(exc).__name__}: {exc}") from None
     counters = store.counters.snapshot()
     return {"source_manifest": record.manifest, "source_files": record.files, "source_bytes": record.size,
