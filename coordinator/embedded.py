@@ -12,10 +12,16 @@ from typing import Iterator
 
 from celery import Celery
 
+from shared.celery_app import settings_of
+from shared.config import job_policy
+from worker import job_runner
+
 
 @contextlib.contextmanager
 def embedded_worker(app: Celery, concurrency: int) -> Iterator[None]:
     """Start a thread-pool worker consuming every queue; stop it on exit."""
+    # The same job limits as a worker running `concurrency` jobs (docs/configuration.md).
+    job_runner.configure(job_policy(settings_of(app), concurrency))
     ready = threading.Event()
     # Canvas code paths that resolve `current_app` (chord upgrades in the worker thread)
     # must see this app and its result backend, not Celery's default app.

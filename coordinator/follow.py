@@ -7,11 +7,14 @@ one started late replays what it missed before catching up.
 
 Log lines read `JOB | text`; `!` instead of `|` marks stderr, and `[label] |` any other
 stream label a worker uses. Job names are padded so the text column lines up.
+
+Everything shown passes through coordinator/terminal.py: job names, reasons, worker names
+and log lines are written by pipelines and jobs, and must not drive the operator's
+terminal. A job's colours are kept only on a terminal with colour enabled.
 """
 from __future__ import annotations
 
 import json
-import re
 import sys
 import threading
 import time
@@ -31,6 +34,7 @@ from coordinator.status_view import (
     summary_row,
     text_table,
 )
+from coordinator.terminal import clean, clean_log_line, colour_enabled
 from shared.state import Event, JobRecord, LogEntry, StateStore, UnknownJob, UnknownRun
 from shared.state.base import RETRYING, RUNNING, TERMINAL, epoch_seconds
 
@@ -83,13 +87,9 @@ def log_lines(text: str) -> list[str]:
     return lines
 
 
-# Escape sequences (CSI, OSC, charset, two-byte) and the other C0 controls, tab aside.
-_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()*+].|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
-
-
 def strip_control(line: str) -> str:
     """A log line without colour codes or other control characters, for output that is not a terminal."""
-    return _CONTROL.sub("", line)
+    return clean_log_line(line, colour=False)
 
 
 def stream_marker(stream: str) -> str:
@@ -98,12 +98,12 @@ def stream_marker(stream: str) -> str:
         return "|"
     if stream == "stderr":
         return "!"
-    return f"[{stream}] |"
+    return f"[{clean(stream)}] |"
 
 
 def prefix_width(names: Iterable[str]) -> int:
-    """How wide the job-name column of log lines is."""
-    return min(max((len(n) for n in names), default=0), MAX_PREFIX)
+    """How wide the job-name column of log lines is (names as shown, cleaned)."""
+    return min(max((len(clean(n)) for n in names), default=0), MAX_PREFIX)
 
 
 class LogCursors:
@@ -140,6 +140,7 @@ def follow_logs(
     *,
     poll_ms: int = 200,
     as_json: bool = False,
+    colour: bool | None = None,
 ) -> None:
     """`conveyor logs RUN [JOB] [-f]`: print the stored log lines, then with `follow` new ones.
 
@@ -148,10 +149,13 @@ def follow_logs(
     stderr). `follow` keeps printing until the job (or, without a job, the run) is
     terminal; a `retrying` job is still followed. `out` defaults to sys.stdout at call
     time. `as_json` prints one JSON object per line instead, for log shippers:
-    `{"ts", "run_id", "job", "stream", "message"}`. Raises UnknownRun, or UnknownJob for a
-    job the run does not have.
+    `{"ts", "run_id", "job", "stream", "message"}`, exactly as stored. Text output is made
+    safe for a terminal (coordinator/terminal.py); `colour` keeps the jobs' SGR colours
+    (default: `out` is a terminal and NO_COLOR is unset). Raises UnknownRun, or UnknownJob
+    for a job the run does not have.
     """
     out = out if out is not None else sys.stdout
+    colour = colour_enabled(out) if colour is None else colour
     jobs = ordered_jobs(store, run_id)
     if job is not None and job not in jobs:
         raise UnknownJob(f"{run_id}: {job}")
@@ -161,6 +165,7 @@ def follow_logs(
 
     def drain(name: str, block_ms: int = 0) -> bool:
         printed = False
+        shown = clean(name)
         for entries in cursors.batches(name, block_ms):
             for entry in entries:
                 if as_json:
@@ -168,10 +173,11 @@ def follow_logs(
                                                "stream": entry.stream, "message": line}) + "\n"
                                    for line in log_lines(entry.text))
                 elif job is not None:
-                    out.write(entry.text if entry.text.endswith("\n") else entry.text + "\n")
+                    out.writelines(clean_log_line(line, colour) + "\n" for line in log_lines(entry.text))
                 else:
                     marker = stream_marker(entry.stream)
-                    out.writelines(f"{name:<{width}} {marker} {line}\n" for line in log_lines(entry.text))
+                    out.writelines(f"{shown:<{width}} {marker} {clean_log_line(line, colour)}\n"
+                                   for line in log_lines(entry.text))
             out.flush()  # a `-f` piped into another program must not sit in a buffer
             printed = True
         return printed
@@ -210,7 +216,7 @@ def _ended(store: StateStore, run_id: str, job: str | None) -> bool:
 def _styled(status: str, text: str | None = None) -> "Text":
     from rich.text import Text
 
-    return Text(text if text is not None else status, style=STATUS_STYLES.get(status, ""))
+    return Text(clean(text if text is not None else status), style=STATUS_STYLES.get(status, ""))
 
 
 class DagView:
@@ -242,8 +248,8 @@ class DagView:
         now = time.time()
         done = sum(job.status in TERMINAL for job in jobs.values())
         title = Text.assemble(
-            (f"run {self.run_id}", "bold"),
-            f" · {self.pipeline} · ",
+            (clean(f"run {self.run_id}"), "bold"),
+            f" · {clean(self.pipeline)} · ",
             _styled(status),
             f" · {duration_text(now - self.created)} · {done}/{len(jobs)} jobs done",
         )
@@ -253,14 +259,16 @@ class DagView:
         for index, level in enumerate(job_levels(self.plan, jobs)):
             for position, name in enumerate(level):
                 job = jobs[name]
+                # Text, not str: a str cell is read as rich markup, and `[link=...]` in a
+                # matrix value would become a hyperlink.
                 table.add_row(
                     f"L{index}" if position == 0 else "",
                     _styled(job.status, STATUS_ICONS.get(job.status, "?")),
-                    name,
-                    _styled(job.status, status_label(job, now)),
+                    Text(clean(name)),
+                    _styled(job.status, clean(status_label(job, now))),
                     duration_text(job_seconds(job, now)) if job.started_at else "",
                     f"#{job.attempt}" if job.attempt else "",
-                    Text(self._detail(name, job, now), style="dim"),
+                    Text(clean(self._detail(name, job, now)), style="dim"),
                 )
         return Group(title, table)
 
@@ -327,6 +335,8 @@ class _Follower:
         self.drained: set[str] = set()
         self.width = prefix_width([job] if job is not None else self.jobs)
         self.colours = {name: JOB_COLOURS[i % len(JOB_COLOURS)] for i, name in enumerate(self.jobs)}
+        # The jobs' own colours, on a terminal that shows colour (rich reads NO_COLOR).
+        self.job_colour = console.is_terminal and not console.no_color
         deploys = any((spec or {}).get("deploy") for spec in self.plan.get("jobs", {}).values())
         self.view = DagView(run_id, run.pipeline, run.created_at, self.plan,
                             _deployment_lines(store, run_id) if deploys else None)
@@ -413,8 +423,9 @@ class _Follower:
                 else:
                     # Nothing to style when piped, and rich costs ~50 µs a line: a chatty
                     # job would fall behind. print() writes at once, so the order holds.
+                    shown = clean(name)
                     self.console.file.write("".join(
-                        f"{name:<{self.width}} {stream_marker(entry.stream)} {strip_control(line)}\n"
+                        f"{shown:<{self.width}} {stream_marker(entry.stream)} {strip_control(line)}\n"
                         for entry in entries
                         for line in log_lines(entry.text)
                     ))
@@ -427,19 +438,21 @@ class _Follower:
         from rich.text import Text
 
         text = Text()
+        shown = clean(name)
         for entry in entries:
             marker = stream_marker(entry.stream)
             for line in log_lines(entry.text):
                 if text:
                     text.append("\n")
-                text.append(f"{name:<{self.width}} ", style=self.colours.get(name, ""))
+                text.append(f"{shown:<{self.width}} ", style=self.colours.get(name, ""))
                 text.append(marker, style="bold red" if entry.stream == "stderr" else "dim")
                 text.append(" ")
-                if "\x1b" in line:
-                    # The job's own colours are kept; other escapes (cursor moves) are dropped.
-                    text.append_text(Text.from_ansi(line))
+                safe = clean_log_line(line, self.job_colour)
+                if "\x1b" in safe:
+                    # Only SGR is left: the job's own colours, which rich re-emits as styles.
+                    text.append_text(Text.from_ansi(safe))
                 else:
-                    text.append(line)
+                    text.append(safe)
         return text
 
     def _transition(self, ev: Event) -> "Text":
@@ -466,10 +479,10 @@ class _Follower:
                 details.append(f"retry in {duration_text(attempt.retry_delay)}")
         clock = datetime.fromtimestamp(epoch_seconds(ev.at) or time.time()).strftime("%H:%M:%S")
         text = Text(f"[{clock}] ", style="dim")
-        text.append(f"{ev.job}: ")
+        text.append(f"{clean(ev.job)}: ")
         text.append_text(_styled(ev.to_status))
         if details:
-            text.append(f" ({', '.join(details)})")
+            text.append(clean(f" ({', '.join(details)})"))
         return text
 
     def print_summary(self) -> None:
@@ -483,7 +496,8 @@ class _Follower:
 
             table = Table(*(h.lower() for h in SUMMARY_HEADERS), box=None, header_style="bold")
             for row, job in zip(rows, self.jobs.values()):
-                table.add_row(row[0], _styled(job.status, row[1]), *row[2:])
+                # Text cells: a str would be read as rich markup (summary_row cleaned them).
+                table.add_row(Text(row[0]), _styled(job.status, row[1]), *(Text(cell) for cell in row[2:]))
             self.console.print(table)
         else:
             self._print(Text(text_table(SUMMARY_HEADERS, rows)))
@@ -492,7 +506,7 @@ class _Follower:
         if run is not None:
             end = epoch_seconds(run.finished_at) or now
             took = duration_text(end - (epoch_seconds(run.created_at) or end))
-        line = Text(f"run {self.run_id}: ")
+        line = Text(clean(f"run {self.run_id}: "))
         line.append_text(_styled(self.status))
         line.append(f" in {took}" if run is not None and run.finished_at else f" after {took}")
         self._print(line)

@@ -2,21 +2,17 @@
 json` and the server's `GET /api/v1/runs/{run}` answer with this one document."""
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from coordinator import status_view
 from shared.config import Settings
-from shared.state.base import StateStore
-
-# What a run id may look like before it is used as a key or a path part (generated ones
-# are `YYYYMMDD-HHMMSS-hex`): hostile input never reaches a store or a file name.
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+from shared.state.base import RUN_ID_PATTERN, StateStore
 
 
 def is_run_id(text: str) -> bool:
-    """Whether ``text`` can be a run id at all (no separators, no dot-dot, not empty)."""
-    return bool(_RUN_ID.match(text)) and ".." not in text
+    """Whether ``text`` can be a run id at all (what the stores enforce: no separators, a
+    letter or digit first): hostile input never reaches a store or a file name."""
+    return RUN_ID_PATTERN.fullmatch(text) is not None
 
 
 def full_status_json(settings: Settings, store: StateStore, run_id: str) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from coordinator.terminal import clean
 from shared.state import JobRecord, StateStore, UnknownRun
 from shared.state.base import FAILED, RETRYING, RUNNING, epoch_seconds
 
@@ -112,7 +113,13 @@ def status_label(job: JobRecord, now: float) -> str:
 
 
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns two spaces apart, no colour and no box drawing (greppable)."""
+    """Left-aligned columns two spaces apart, no colour and no box drawing (greppable).
+
+    Cells are cleaned of control characters (coordinator/terminal.py): they hold job
+    names, reasons and paths that pipelines and jobs wrote.
+    """
+    headers = [clean(h) for h in headers]
+    rows = [[clean(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
@@ -124,14 +131,14 @@ SUMMARY_HEADERS = ("JOB", "STATUS", "REASON", "ATTEMPTS", "DURATION", "WORKER")
 
 
 def summary_row(name: str, job: JobRecord, now: float) -> list[str]:
-    """The cells of one job under SUMMARY_HEADERS."""
+    """The cells of one job under SUMMARY_HEADERS, safe to print (coordinator/terminal.py)."""
     return [
-        name,
-        status_label(job, now),
-        job.reason or NONE,
+        clean(name),
+        clean(status_label(job, now)),
+        clean(job.reason or NONE),
         str(job.attempt),
         duration_text(job_seconds(job, now)),
-        job.worker or NONE,
+        clean(job.worker or NONE),
     ]
 
 
@@ -237,9 +244,10 @@ def status_text(store: StateStore, run_id: str) -> str:
     finished = f"finished {run.finished_at}" if run.finished_at else "not finished"
     cancel = ", cancel requested" if run.cancel_requested and run.status == RUNNING else ""
     header = [
-        f"run {run.run_id} (pipeline {run.pipeline}): {run.status}{cancel}",
-        f"created {run.created_at}, {finished}, "
-        f"{'took' if run.finished_at else 'running for'} {duration_text(_run_seconds(run.created_at, run.finished_at, now))}",
+        clean(f"run {run.run_id} (pipeline {run.pipeline}): {run.status}{cancel}"),
+        clean(f"created {run.created_at}, {finished}, "
+              f"{'took' if run.finished_at else 'running for'} "
+              f"{duration_text(_run_seconds(run.created_at, run.finished_at, now))}"),
     ]
     table = text_table(("LEVEL", "JOB", "STATUS", "REASON", "ATTEMPTS", "DURATION", "EXIT", "WORKER"), rows)
     return "\n".join([*header, "", table])

@@ -24,6 +24,7 @@ warning, Celery's result backend with an error); here the default is `required`.
 from __future__ import annotations
 
 import ssl
+import weakref
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from celery import Celery
@@ -40,6 +41,9 @@ DEPLOY_TICK_TASK = "conveyor.deploy_tick"
 SSL_PARAMETERS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
 _CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 BROKER_CHECK_TIMEOUT = 5.0
+# The settings each app was created from. Celery's own configuration is not the place:
+# `celery inspect conf`, `inspect report` and Flower's worker page print every key of it.
+_SETTINGS: weakref.WeakKeyDictionary[Celery, Settings] = weakref.WeakKeyDictionary()
 
 
 class BrokerUnavailable(Exception):
@@ -83,6 +87,11 @@ def without_ssl_parameters(url: str) -> str:
         return url
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in SSL_PARAMETERS]
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+
+
+def settings_of(app: Celery) -> Settings:
+    """The settings `app` was created from (KeyError for an app `create_app` did not make)."""
+    return _SETTINGS[app]
 
 
 def redacted(url: str) -> str:
@@ -159,5 +168,6 @@ def create_app(settings: Settings) -> Celery:
         broker_use_ssl=redis_ssl_options(broker_url(settings)) or False,
         redis_backend_use_ssl=redis_ssl_options(backend) or None,
     )
-    app.conf.conveyor_settings = settings
+    # Kept outside Celery's conf: `inspect conf` and Flower show every conf key.
+    _SETTINGS[app] = settings
     return app

@@ -68,6 +68,10 @@ class Job:
     secrets: tuple[str, ...] = ()
     artifacts: Artifacts = field(default_factory=Artifacts)
     deploy: Mapping[str, Any] | None = None
+    # Who Docker steps run as (numeric uid[:gid]) and whether their root filesystem is
+    # read-only; None: the worker's choice (docs/configuration.md, "Job limits").
+    user: str | None = None
+    read_only_root: bool | None = None
 
     @property
     def is_deployment(self) -> bool:

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 from shared import expressions
+from shared.config import JobPolicy, Settings, is_root_user, job_policy
 from shared.plan import Job, Plan, Step
 from shared.state.base import (
     CANCELLED, FAILED, PENDING, RETRYING, SKIPPED, SUCCESS, TERMINAL, Claim, JobRecord, RunRecord, StateStore, epoch_seconds,
+    iso_ms,
 )
 from shared.logformat import job_log_context
+from shared.units import format_size
 from worker import metrics
 from worker.context import WorkerContext
 from worker import workspace as workspaces
@@ -48,6 +53,163 @@ READER_IDLE_LIMIT = 30.0
 # How long storing the log's last lines may be retried before the status is written anyway
 # (the lease is kept meanwhile; what could not be stored stays in the full log file).
 CLOSE_LOG_RETRY = 10.0
+# Seconds between two measurements of a job's workspace; a measurement that took long
+# (a huge tree) spaces the next ones out to ten times its duration.
+WORKSPACE_CHECK_INTERVAL = 2.0
+# The reason recorded for a job refused or stopped by a worker limit (the request is
+# above the maximum, the workspace outgrew its size): the job's own doing, and a retry
+# would only repeat it. The job's log names the limit and the setting.
+LIMIT_REASON = "script_failure"
+
+
+class LimitExceeded(Exception):
+    """A job asks for more than this worker allows; the message names the limit and the maximum."""
+
+
+_policy: JobPolicy | None = None
+_policy_lock = threading.Lock()
+
+
+def configure(policy: JobPolicy | None) -> None:
+    """Set the limits of every job this process runs (the worker at start, `conveyor run`);
+    None: back to the defaults."""
+    global _policy
+    with _policy_lock:
+        _policy = policy
+
+
+def current_policy() -> JobPolicy:
+    """The configured job limits; the defaults for one job at a time if none were set."""
+    global _policy
+    with _policy_lock:
+        if _policy is None:
+            _policy = job_policy(Settings(), concurrency=1)
+        return _policy
+
+
+def step_limits(job: Job, policy: JobPolicy) -> ResourceLimits:
+    """The limits of the job's steps: its `resources:` or the worker's defaults, never above
+    the worker's maxima (LimitExceeded: the job fails at once, as GitLab refuses it)."""
+    asked = job.resources
+    if asked.memory_bytes is not None and asked.memory_bytes > policy.memory_max_bytes:
+        raise LimitExceeded(
+            f"the job asks for memory {format_size(asked.memory_bytes)}, above this worker's maximum of "
+            f"{format_size(policy.memory_max_bytes)} (CONVEYOR_JOB_MEMORY_MAX): lower `resources.memory`")
+    if asked.cpus is not None and asked.cpus > policy.cpus_max:
+        raise LimitExceeded(
+            f"the job asks for {asked.cpus:g} cpus, above this worker's maximum of {policy.cpus_max:g} "
+            "(CONVEYOR_JOB_CPUS_MAX): lower `resources.cpus`")
+    return ResourceLimits(memory_bytes=asked.memory_bytes or policy.memory_bytes,
+                          cpus=asked.cpus or policy.cpus, pids=policy.pids)
+
+
+def job_spec(job: Job, run_id: str, workspace: Path, worker_name: str, executor_name: str,
+             policy: JobPolicy) -> JobSpec:
+    """The executor's view of the job: network, user and root filesystem within what the
+    worker allows (LimitExceeded when the job asks for root where the worker forbids it)."""
+    if executor_name == "local":
+        # Host users are the operator's to choose, never a pipeline's.
+        user = policy.local_user
+    else:
+        if job.user is not None and is_root_user(job.user) and not policy.allows_root:
+            raise LimitExceeded(
+                f"the job asks to run as root (user: {job.user}), which this worker does not allow "
+                f"(CONVEYOR_JOB_USER={policy.user}): drop `user:` or name a non-root uid")
+        user = job.user if job.user is not None else policy.user
+    return JobSpec(run_id=run_id, job=job.name, workspace=workspace, worker_name=worker_name,
+                   network=policy.network, user=user,
+                   read_only_root=policy.read_only_root or bool(job.read_only_root),
+                   max_file_bytes=policy.workspace_bytes)
+
+
+def disk_usage(root: Path, stop_above: int | None = None) -> int:
+    """Bytes the files under ``root`` take on disk (allocated blocks; hard links once,
+    symlinks not followed). Stops counting once past ``stop_above``."""
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    pending = [str(root)]
+    while pending:
+        try:
+            entries = os.scandir(pending.pop())
+        except OSError:
+            continue  # gone, or not ours to read
+        with entries:
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):
+                    if (info.st_dev, info.st_ino) in seen:
+                        continue
+                    seen.add((info.st_dev, info.st_ino))
+                total += info.st_blocks * 512
+                if stat.S_ISDIR(info.st_mode):
+                    pending.append(entry.path)
+        if stop_above is not None and total > stop_above:
+            break
+    return total
+
+
+class _CappedFile:
+    """The full log file, cut at ``limit`` bytes with one marker line: a step printing
+    without end must not fill the worker's disk through its log.
+
+    Stands in for the file LogSink writes (``write`` and ``close``); the state store's copy
+    has its own cap (worker/logs.py). What is cut is counted in a last line at close.
+    """
+
+    def __init__(self, inner: IO[str], limit: int, already: int = 0) -> None:
+        self._inner = inner
+        self._limit = limit
+        self._written = already
+        self._cut_lines = 0
+        self._cut_bytes = 0
+
+    def write(self, text: str) -> int:
+        size = len(text.encode("utf-8", "replace"))
+        if self._cut_lines:
+            self._cut_lines += 1
+            self._cut_bytes += size
+            return len(text)
+        if self._written + size > self._limit:
+            self._cut_lines, self._cut_bytes = 1, size
+            self._inner.write(f"{_stamp()} system full log truncated: it reached this worker's limit of "
+                              f"{format_size(self._limit)} (CONVEYOR_JOB_LOG_SIZE); later lines are not "
+                              "in this file\n")
+            return len(text)
+        self._written += size
+        return self._inner.write(text)
+
+    def close(self) -> None:
+        if self._cut_lines:
+            self._inner.write(f"{_stamp()} system [... {self._cut_lines} lines ({self._cut_bytes} bytes) "
+                              "not written to this file ...]\n")
+        self._inner.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+def _stamp() -> str:
+    return iso_ms(int(time.time() * 1000)) or ""
+
+
+def cap_full_log(sink: LogSink, limit: int) -> None:
+    """Cut ``sink``'s full log file at ``limit`` bytes (see ``_CappedFile``).
+
+    LogSink has no such option yet; this wraps the file it writes. A sink without that
+    file (another implementation) is left as it is, with a warning.
+    """
+    inner = getattr(sink, "_file", None)
+    if inner is None:
+        log.warning("cannot cap the full log %s: the log sink keeps no file", sink.full_log)
+        return
+    try:
+        already = sink.full_log.stat().st_size  # a retried attempt appending to one file
+    except OSError:
+        already = 0
+    sink._file = _CappedFile(inner, limit, already)  # type: ignore[attr-defined]
 
 
 class Reschedule(Exception):
@@ -123,10 +285,12 @@ class Attempt:
         self.deadline = deadline
         self.sink = sink
         self.workspace = workspace
-        self.stop_reason: str | None = None  # cancelled | timeout | lost
+        self.stop_reason: str | None = None  # cancelled | timeout | lost | limit
         self.current: StepHandle | None = None
         self.lock = threading.Lock()
         self.done = threading.Event()
+        self.policy = current_policy()
+        self.limits: ResourceLimits | None = None  # set by `perform` once the request is checked
 
     # -- heartbeat -----------------------------------------------------------------
     def _stop(self, reason: str) -> None:
@@ -136,6 +300,33 @@ class Attempt:
             handle = self.current
         if handle is not None:
             self.ctx.executor.kill(handle, "timeout" if reason == "timeout" else "cancelled")
+
+    def workspace_over_limit(self) -> bool:
+        """Measure the workspace; past the worker's limit, say so and stop the job (True)."""
+        limit = self.policy.workspace_bytes
+        used = disk_usage(self.workspace, stop_above=limit)
+        if used <= limit:
+            return False
+        with self.lock:
+            first = self.stop_reason is None
+        if first:
+            with contextlib.suppress(LogSinkClosed):
+                self.sink.system(f"the workspace takes more than {format_size(limit)}, this worker's limit "
+                                 "(CONVEYOR_JOB_WORKSPACE_SIZE): the job is stopped")
+        self._stop("limit")
+        return True
+
+    def workspace_loop(self) -> None:
+        """Measure the workspace now and then while the job runs (docs/configuration.md)."""
+        pause = WORKSPACE_CHECK_INTERVAL
+        while not self.done.wait(pause):
+            started = time.monotonic()
+            try:
+                if self.workspace_over_limit():
+                    return
+            except Exception as exc:  # a measurement must never take the job down
+                log.warning("measuring the workspace of %s/%s failed: %s", self.run_id, self.job.name, exc)
+            pause = max(WORKSPACE_CHECK_INTERVAL, 10 * (time.monotonic() - started))
 
     def heartbeat_loop(self) -> None:
         lease_ms = int(self.ctx.lease_seconds * 1000)
@@ -165,7 +356,7 @@ class Attempt:
         step_spec = StepSpec(
             index=index, name=step.name, image=step.image, script=step.script, env=env,
             working_directory=step.working_directory, timeout=timeout,
-            limits=ResourceLimits(memory_bytes=self.job.resources.memory_bytes, cpus=self.job.resources.cpus),
+            limits=self.limits or step_limits(self.job, self.policy),
         )
         sink = self.sink
         handle = self.ctx.executor.start(spec, step_spec)
@@ -214,6 +405,9 @@ class Attempt:
             env = {**step.environment, **secrets}
             for try_number in range(step.retry_count + 1):
                 outcome = self.run_step(spec, step, index, env, job_ends_at)
+                # A burst between two periodic measurements is caught here, step by step.
+                if not self.stop_reason and self.workspace_over_limit():
+                    return StepOutcome(outcome.exit_code, "cancelled", outcome.duration)
                 if outcome.succeeded or outcome.reason in ("cancelled", "timeout") or self.stop_reason:
                     break
                 if try_number < step.retry_count:
@@ -238,15 +432,36 @@ class Attempt:
         failure becomes a ``JobFailure`` that says what a retry would count against.
         """
         ctx, sink = self.ctx, self.sink
-        spec = JobSpec(run_id=self.run_id, job=self.job.name, workspace=self.workspace, worker_name=ctx.worker_name)
+        refused: LimitExceeded | None = None
+        try:
+            spec = job_spec(self.job, self.run_id, self.workspace, ctx.worker_name, ctx.executor.name, self.policy)
+            self.limits = step_limits(self.job, self.policy)
+        except LimitExceeded as exc:
+            refused = exc
+            spec = JobSpec(run_id=self.run_id, job=self.job.name, workspace=self.workspace,
+                           worker_name=ctx.worker_name)
         try:
             sink.system(f"attempt {self.claim.attempt} on {ctx.worker_name} ({ctx.executor.name} executor)")
             if missing is not None:
                 sink.system(str(missing))
                 return JobFailure("infrastructure", retry="never")  # an operator must add it first
+            if refused is not None:
+                sink.system(f"refused: {refused}")
+                return JobFailure(LIMIT_REASON, retry="never")
+            if ctx.executor.name == "local":
+                # Said to the pipeline's author, in the job's log: what they asked for is not applied.
+                if self.job.user is not None or self.job.read_only_root:
+                    sink.system("`user` and `read_only_root` apply to Docker steps; local steps run as the "
+                                "user this worker's operator chose (CONVEYOR_LOCAL_USER)")
+                if self.job.resources.memory_bytes is not None or self.job.resources.cpus is not None:
+                    sink.system("`resources` are not enforced by the local executor: the steps run "
+                                "unlimited on this host")
             _prepare_workspace(ctx, self.plan, self.job, self.run, self.workspace, sink)
             ctx.executor.prepare(spec)
             failed = self.execute(spec, secrets)
+            if self.stop_reason == "limit":
+                exit_code = failed.exit_code if failed is not None else None
+                return JobFailure(LIMIT_REASON, exit_code, retry="never")
             if failed is not None:
                 # A cancel is final; any other step failure counts against the job's retry_count.
                 return JobFailure(str(failed.reason), failed.exit_code,
@@ -417,8 +632,11 @@ def _run_claimed(ctx: WorkerContext, admitted: Admitted) -> dict:
         secrets, missing = {}, exc
     sink = LogSink(ctx.store, run_id, job.name, full_log, Masker(secrets.values()))
     attempt = Attempt(ctx, plan, job, claim, run, admitted.deadline, sink, workspace)
+    cap_full_log(sink, attempt.policy.log_bytes)
     heart = threading.Thread(target=attempt.heartbeat_loop, name=f"heartbeat-{job.name}", daemon=True)
     heart.start()
+    # Its own thread: measuring a huge workspace must never delay a heartbeat.
+    threading.Thread(target=attempt.workspace_loop, name=f"workspace-{job.name}", daemon=True).start()
     # The lease is kept until the outcome is written: uploading artifacts and the log, or
     # removing containers from a struggling engine, can outlast it, and an expired lease
     # would hand the job to another worker and throw this attempt's result away.

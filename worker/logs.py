@@ -6,6 +6,10 @@ queues it for the state store, which a background thread feeds every `flush_inte
 (so `conveyor logs -f` sees a line within ~100 ms). The store copy is capped: the first
 `cap_bytes/2` are sent as they come, then only a bounded tail is kept and sent at
 `close`, after a marker saying how much was left out. The file is never cut.
+
+A line longer than the executors' cut (16 KiB) arrives in pieces (`LinePiece`); the sink
+masks the pieces of one line as one (`LineMasker`), so a secret straddling a cut is
+masked too, in the store, the full log file and the archived copy of that file.
 See docs/logs-and-secrets.md.
 """
 
@@ -21,7 +25,8 @@ from typing import IO
 
 from shared.state.base import StateStore, iso_ms
 from shared.units import MIB, human_size
-from worker.secrets import Masker
+from worker.executors.support import LinePiece
+from worker.secrets import LineMasker, Masker
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +108,14 @@ def _clean(text: str) -> str:
     return text
 
 
+@dataclass
+class _OpenLine:
+    """A line of one stream that arrived in part: its masker and whether any of it was recorded."""
+
+    masker: LineMasker
+    shown: bool = False
+
+
 class LogSink:
     """Where the output of one job attempt goes; safe to call from several threads.
 
@@ -151,6 +164,10 @@ class LogSink:
         self._summary: LogSummary | None = None
         self._stamps = _Stamps()
         self._close_lock = threading.Lock()  # two closers must not both flush the tail
+        # Lines that arrived in part (a LinePiece) and wait for the rest, per stream.
+        # Taken before `_cond`, never after it.
+        self._open_lines: dict[str, _OpenLine] = {}
+        self._open_lock = threading.Lock()
 
         self._full_log.parent.mkdir(parents=True, exist_ok=True)
         # Appending: a caller that reuses a path for a retried attempt keeps both.
@@ -175,18 +192,58 @@ class LogSink:
         """The file holding every line of this log."""
         return self._full_log
 
-    def write(self, stream: str, text: str) -> None:
+    def write(self, stream: str, text: str, continues: bool | None = None) -> None:
         """Record one line of `stream` output (no trailing newline), masked.
 
         Text with embedded newlines is recorded as several lines of the same stream,
-        so the full log file stays one line per entry.
+        so the full log file stays one line per entry. `continues` says the line goes on
+        in the next write to the same stream (default: whether `text` is a `LinePiece`,
+        as the executors cut long lines); the pieces are masked as one line, so up to
+        the longest secret's length minus one is held back until the next piece.
         """
-        masked = self._masker.mask(_clean(text))
+        if continues is None:
+            continues = isinstance(text, LinePiece)
+        text = _clean(text)
+        with self._open_lock:
+            if continues or stream in self._open_lines:
+                self._write_piece(stream, text, continues)
+                return
+        masked = self._masker.mask(text)
         if masked.endswith("\n"):
             masked = masked[:-1]
-        lines = masked.split("\n")
+        self._record_all(stream, masked.split("\n"))
+
+    def _write_piece(self, stream: str, text: str, continues: bool) -> None:
+        """Part of a line that arrives in pieces; runs under `_open_lock`."""
+        line = self._open_lines.get(stream)
+        if line is None:
+            line = self._open_lines[stream] = _OpenLine(self._masker.stream())
+        if continues and "\n" in text:
+            # Lines that end inside this piece are complete; what follows the last
+            # newline starts the next open line.
+            done, _, text = text.rpartition("\n")
+            self._end_line(stream, line, done)
+            line = self._open_lines[stream] = _OpenLine(self._masker.stream())
+        if not continues:
+            self._end_line(stream, line, text)
+            return
+        masked = line.masker.feed(text)
+        if masked:
+            line.shown = True
+            self._record_all(stream, [masked])
+
+    def _end_line(self, stream: str, line: _OpenLine, text: str) -> None:
+        """The last part of an open line (under `_open_lock`)."""
+        del self._open_lines[stream]
+        masked = line.masker.feed(text, final=True)
+        if masked.endswith("\n"):
+            masked = masked[:-1]
+        if masked or not line.shown:  # an empty end of a line already shown adds nothing
+            self._record_all(stream, masked.split("\n"))
+
+    def _record_all(self, stream: str, lines: list[str], closing: bool = False) -> None:
         with self._cond:
-            if self._closing:
+            if self._closing and not closing:
                 raise LogSinkClosed(f"write to a closed log sink ({self._run_id}/{self._job})")
             stamp = self._stamps.now()
             for line in lines:
@@ -213,9 +270,17 @@ class LogSink:
             return self._summary
 
     def _close(self, retry_for: float) -> LogSummary:
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
+        with self._open_lock:
+            with self._cond:
+                self._closing = True
+                self._cond.notify()
+            # A line whose last piece never came (its reader died): what is held back
+            # is the end of a line, masked as such.
+            for stream, line in list(self._open_lines.items()):
+                del self._open_lines[stream]
+                masked = line.masker.feed("", final=True)
+                if masked or not line.shown:
+                    self._record_all(stream, masked.split("\n"), closing=True)
         self._flusher.join()
         # The flusher is gone: nothing else touches the buffers from here on.
         if self._head_full:

@@ -7,13 +7,16 @@ place. Problems an operator must fix raise `WorkerStartError` with one line sayi
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from shared.celery_app import BrokerUnavailable, check_redis_urls, create_app
-from shared.config import Settings
-from worker import metrics, tasks
+from shared.config import ConfigError, JobPolicy, Settings, job_policy
+from worker import job_runner, metrics, tasks
 from worker.context import process_context, worker_name
+from worker.executors import resolve_user
 from worker.executors.contract import InfrastructureError
 from worker.reaper import start_reaper
 
@@ -35,11 +38,47 @@ class WorkerOptions:
     loglevel: str = "INFO"
 
 
+def check_local_user(policy: JobPolicy, data_dir: Path) -> None:
+    """With CONVEYOR_LOCAL_USER set, local steps run as that user: it must exist, and
+    reach its workspace and home under ``data_dir``; the worker's full logs and artifacts
+    are closed to it. Raises WorkerStartError (one line) otherwise."""
+    if policy.local_user is None:
+        return
+    try:
+        uid, gid = resolve_user(policy.local_user)
+    except KeyError:
+        raise WorkerStartError(f"CONVEYOR_LOCAL_USER={policy.local_user}: no such user on this host") from None
+    if uid != 0 and os.geteuid() != 0:
+        raise WorkerStartError(f"CONVEYOR_LOCAL_USER={policy.local_user} needs the worker to run as root "
+                               "(it starts the steps as that user)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for directory in (data_dir.resolve(), *data_dir.resolve().parents):
+        mode = directory.stat()
+        if uid == 0 or mode.st_uid == uid:
+            continue
+        if not mode.st_mode & (stat.S_IXGRP if mode.st_gid == gid else stat.S_IXOTH):
+            raise WorkerStartError(
+                f"local steps run as {policy.local_user}, who cannot reach {directory} (mode "
+                f"{stat.S_IMODE(mode.st_mode):o}): set CONVEYOR_DATA_DIR to a directory it can traverse, "
+                "e.g. /var/lib/conveyor")
+    # Steps reach their workspace and home by path; the rest of the data directory is
+    # the worker's alone.
+    for private in ("logs", "artifacts"):
+        (data_dir / private).mkdir(exist_ok=True)
+        os.chmod(data_dir / private, 0o700)
+
+
 def start_worker(settings: Settings, options: WorkerOptions, say: Callable[[str], None]) -> None:
     """Run a worker until it is stopped. ``say`` prints this function's own messages
     (the metrics address, reaped containers) as text, whatever the log format."""
     if settings.embedded:
         raise WorkerStartError("a worker needs CONVEYOR_BROKER_URL (e.g. redis://host:6379/0)")
+    try:
+        # Every job's limits, from the operator's settings and this host (docs/configuration.md).
+        policy = job_policy(settings, options.concurrency)
+    except ConfigError as exc:
+        raise WorkerStartError(str(exc)) from None
+    job_runner.configure(policy)
     try:
         # Celery would retry a refused password or a failed TLS handshake forever, silently.
         check_redis_urls(settings)
@@ -55,17 +94,25 @@ def start_worker(settings: Settings, options: WorkerOptions, say: Callable[[str]
     tasks.register(app)
     hostname = options.name or worker_name(settings)
     try:
+        # CONVEYOR_EXECUTOR unset means Docker: with no engine the worker does not start
+        # (select_executor says to set CONVEYOR_EXECUTOR=local to run jobs unisolated).
         executor = process_context(settings).executor
         # Step containers mount workspaces by host path: a containerised worker whose data
         # directory the engine cannot see would fail every job as if its script were wrong.
         executor.check_data_dir(settings.data_dir)
-        # Containers a previous life of this worker left behind (it was killed mid-job)
-        # carry its name in their labels: remove them before taking new work.
+        if executor.name == "local":
+            check_local_user(policy, settings.data_dir)
+        # Containers (and networks) a previous life of this worker left behind (it was
+        # killed mid-job) carry its name in their labels: remove them before taking work.
         reaped = executor.reap_orphans(hostname)
     except (InfrastructureError, ValueError) as exc:  # ValueError: an unknown CONVEYOR_EXECUTOR
         raise WorkerStartError(str(exc)) from None
     if reaped:
-        say(f"removed {reaped} container(s) left by a previous run of {hostname}")
+        say(f"removed {reaped} container(s), network(s) or step(s) left by a previous run of {hostname}")
+    if executor.name == "local":
+        who = policy.local_user or ("root without capabilities" if os.geteuid() == 0 else "this worker's user")
+        say(f"local executor: jobs run unisolated on this host as {who}; memory, CPU and pids limits "
+            "are not enforced (docs/executors.md)")
     port = options.metrics_port if options.metrics_port is not None else settings.metrics_port
     if port is not None:
         # Served from this process: with the thread pool every job runs here, so one

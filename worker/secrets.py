@@ -112,6 +112,9 @@ class Masker:
     log line while hiding nothing an attacker could not guess. Where occurrences of
     different secrets overlap, the whole overlapping span is masked, so no part of
     either leaks.
+
+    A line that reaches the log in pieces (the executors cut runaway lines every 16 KiB)
+    is masked as one with `stream()`: see `LineMasker`.
     """
 
     def __init__(self, secrets: Iterable[str], min_length: int = 3) -> None:
@@ -123,6 +126,9 @@ class Masker:
                 forms |= secret_forms(value)
         forms = {f for f in forms if len(f) >= min_length}
         self._count = len(forms)
+        # The longest form bounds how much of a piece must be held back until the next
+        # piece of the same line arrives (LineMasker).
+        self._longest = max((len(f) for f in forms), default=0)
         # Longest first: Python's alternation takes the first alternative that matches
         # at a position, so this makes each match the longest form starting there.
         ordered = sorted(forms, key=lambda f: (-len(f), f))
@@ -132,29 +138,103 @@ class Masker:
         # Never the values: a repr ends up in tracebacks and debug logs.
         return f"Masker({self._count} forms)"
 
+    @property
+    def longest(self) -> int:
+        """Length of the longest form masked (0 when nothing is): a piece of a line holds
+        back `longest - 1` characters, the most of a secret that can hang over its end."""
+        return self._longest
+
     def mask(self, text: str) -> str:
         """`text` with every secret form replaced by `****`."""
+        if self._pattern is None or self._pattern.search(text) is None:
+            return text  # the common case: one scan, no copy
+        return self._mask(text, 0, final=True)[0]
+
+    def stream(self) -> LineMasker:
+        """A masker for one line that arrives in pieces (see `LineMasker`)."""
+        return LineMasker(self)
+
+    def _extend(self, text: str, pos: int, end: int) -> int:
+        """The end of a masked span reaching `end`, grown over every form that starts at
+        `pos` or later inside it and runs past its end (overlapping secrets)."""
+        pattern = self._pattern
+        assert pattern is not None
+        while pos < end:
+            inner = pattern.match(text, pos)
+            if inner is not None and inner.end() > end:
+                end = inner.end()
+            pos += 1
+        return end
+
+    def _mask(self, text: str, covered: int, final: bool) -> tuple[str, int, int]:
+        """Mask what of `text` can be decided now: `(masked, cut, covered_after)`.
+
+        `masked` stands for `text[:cut]`. With `final`, `cut` is the end of the text.
+        Otherwise more of the same line follows, and the last `longest - 1` characters
+        may begin a secret that continues there, so they are not decided yet: `cut`
+        stops before them. A form starting before `cut` is at most `longest` long, so
+        it lies wholly inside `text` and is found here. A masked span that runs past
+        `cut` is written as `****` now and its rest, `covered_after` characters of
+        `text[cut:]`, is swallowed when the caller passes them back with the next piece
+        (`covered`: that many leading characters of `text` belong to a span whose
+        `****` was already written).
+        """
         pattern = self._pattern
         if pattern is None:
-            return text
-        found = pattern.search(text)
-        if found is None:  # the common case: one scan, no copy
-            return text
+            return text, len(text), 0
+        cut = len(text) if final else max(0, len(text) - (self._longest - 1))
         parts: list[str] = []
         last = 0
-        while found is not None:
+        if covered:
+            # Positions inside the carried span were not all decidable last time (a longer
+            # form may start there): look again now that more text is here.
+            end = self._extend(text, 0, covered)
+            if end > cut:
+                return "", cut, end - cut
+            last = end
+        found = pattern.search(text, last)
+        while found is not None and found.start() < cut:
             start, end = found.span()
-            # A match hides [start, end); another form may start inside it and run past
-            # its end (overlapping secrets). Extend over those before masking.
-            pos = start + 1
-            while pos < end:
-                inner = pattern.match(text, pos)
-                if inner is not None and inner.end() > end:
-                    end = inner.end()
-                pos += 1
+            end = self._extend(text, start + 1, end)
             parts.append(text[last:start])
             parts.append(MASK)
+            if end > cut:
+                return "".join(parts), cut, end - cut
             last = end
             found = pattern.search(text, end)
-        parts.append(text[last:])
-        return "".join(parts)
+        parts.append(text[last:cut])
+        return "".join(parts), cut, 0
+
+
+class LineMasker:
+    """Masks one physical line handed over in pieces, as if it had come whole.
+
+    The executors cut a line longer than 16 KiB into pieces (bounded memory for a runaway
+    line). Masking each piece alone would let a secret that straddles a cut through, half
+    in one piece and half in the next. `feed(piece, final=False)` returns the part of
+    what it has seen that is decided (masked); it holds back at most `longest - 1`
+    characters, the most of a secret that can hang over a cut, until the next piece or
+    `final=True` (the line's last piece). The pieces returned, joined, equal
+    `masker.mask(whole_line)`: no part of a secret is ever returned, wherever the cuts
+    fall. Memory stays bounded by one piece plus the longest secret form.
+    """
+
+    def __init__(self, masker: Masker) -> None:
+        self._masker = masker
+        self._held = ""
+        self._covered = 0
+
+    @property
+    def pending(self) -> bool:
+        """Whether text is held back waiting for the rest of its line."""
+        return bool(self._held) or self._covered > 0
+
+    def feed(self, piece: str, final: bool = False) -> str:
+        """The masked text decided once `piece` is added; `final` ends the line."""
+        text = self._held + piece if self._held else piece
+        masked, cut, covered = self._masker._mask(text, self._covered, final)
+        if final:
+            self._held, self._covered = "", 0
+        else:
+            self._held, self._covered = text[cut:], covered
+        return masked

@@ -11,8 +11,7 @@ import logging
 
 from celery import Celery
 
-from shared.celery_app import RUN_JOB_TASK
-from shared.config import Settings
+from shared.celery_app import RUN_JOB_TASK, settings_of
 from shared.logformat import job_log_context
 from worker import deploy_tasks, job_runner
 from worker.context import WorkerContext, process_context, worker_name
@@ -35,7 +34,7 @@ def dispatch(app: Celery, ctx: WorkerContext, run_id: str, job: str) -> dict:
 
 
 def register(app: Celery) -> None:
-    settings: Settings = app.conf.conveyor_settings
+    settings = settings_of(app)
     if not settings.embedded:
         from celery.signals import worker_ready
 

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import click
 
+from coordinator.cli.options import run_id_argument
+from coordinator.terminal import clean
+
 PROGRESS_MIN_BYTES = 4 * 1024 * 1024  # smaller transfers finish before a bar would help
 
 
@@ -26,7 +29,7 @@ def artifacts() -> None:
 
 
 @artifacts.command("ls")
-@click.argument("run_id")
+@run_id_argument
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--all", "show_all", is_flag=True, help="Also list the source snapshot and archived logs.")
 def list_artifacts(run_id: str, fmt: str, show_all: bool) -> None:
@@ -45,19 +48,21 @@ def list_artifacts(run_id: str, fmt: str, show_all: bool) -> None:
     if not records:
         click.echo(f"run {run_id} stored no artifacts")
         return
+    # text_table cleans every cell: job and artifact names come from the pipeline.
     rows = [[r.job or "-", r.kind, r.name, str(r.files), human_size(r.size),
              record_json(r)["expire_at"] or "never", r.manifest[:12]] for r in records]
     click.echo(text_table(["JOB", "KIND", "NAME", "FILES", "SIZE", "EXPIRES", "MANIFEST"], rows))
 
 
 @artifacts.command()
-@click.argument("run_id")
+@run_id_argument
 @click.argument("job")
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Directory to write into [default: ./JOB].")
 @click.option("--log", "want_log", is_flag=True, help="Fetch the job's archived full log instead.")
 def get(run_id: str, job: str, output: str | None, want_log: bool) -> None:
     """Download a job's artifacts (verified, paths checked) into a directory."""
     from coordinator.cli.options import open_run_store
+    from shared.artifacts.base import ArtifactError, PathError
     from shared.artifacts.publish import fetch_record
     from worker.workspace import workspace_path
 
@@ -66,20 +71,30 @@ def get(run_id: str, job: str, output: str | None, want_log: bool) -> None:
     records = index.get(run_id, job, "log" if want_log else "artifact")
     if not records:
         what = "an archived log" if want_log else "artifacts"
-        click.echo(f"error: job '{job}' of run {run_id} has no {what}", err=True)
+        click.echo(f"error: job '{clean(job)}' of run {run_id} has no {what}", err=True)
         sys.exit(1)
     dest = Path(output) if output else Path(workspace_path(Path("."), run_id, job).name)
     record = records[0]
     started = time.monotonic()
-    with _progress(store, record.size, f"{job}: {record.files} file(s)"):
-        if want_log:
-            dest.mkdir(parents=True, exist_ok=True)
-            store.get_file(record.manifest, dest / record.name, record.size)
-            index.touch(run_id, job, "log", time.time())
-        else:
-            fetch_record(store, index, record, dest)
-    click.echo(f"{record.files} file(s), {record.size} bytes of {job} -> {dest}/ "
-               f"in {time.monotonic() - started:.1f}s (sha256-verified)")
+    try:
+        with _progress(store, record.size, clean(f"{job}: {record.files} file(s)")):
+            if want_log:
+                dest.mkdir(parents=True, exist_ok=True)
+                # The record's name is the stored log's file name, read from the index: only
+                # its last part is used, so it cannot point outside DIR.
+                name = Path(record.name).name
+                store.get_file(record.manifest, dest / (name if name not in ("", ".", "..") else "job.log"),
+                               record.size)
+                index.touch(run_id, job, "log", time.time())
+            else:
+                fetch_record(store, index, record, dest)
+    except (ArtifactError, PathError) as exc:
+        # A refused member path or a corrupt object: one line, with the manifest's
+        # (untrusted) paths cleaned, instead of a traceback.
+        click.echo(clean(f"error: {job}: {exc}"), err=True)
+        sys.exit(1)
+    click.echo(clean(f"{record.files} file(s), {record.size} bytes of {job} -> {dest}/ "
+                     f"in {time.monotonic() - started:.1f}s (sha256-verified)"))
 
 
 class _progress:
@@ -150,7 +165,7 @@ def verify(retries: int, delete_corrupt: bool) -> None:
         for digest in sorted(index.digests(*record.key)):
             if digest not in stored and digest not in missing:
                 missing[digest] = f"{record.run_id}/{record.job or '-'}/{record.kind}"
-                click.echo(f"missing: {digest}, recorded for {missing[digest]}", err=True)
+                click.echo(clean(f"missing: {digest}, recorded for {missing[digest]}"), err=True)
                 if delete_corrupt:
                     index.forget(digest)
     click.echo(f"verified {checked} object(s), {size} bytes in {settings.effective_artifacts_url}: "
@@ -181,7 +196,7 @@ def gc(dry_run: bool, verbose: bool) -> None:
     if report.skipped:
         click.echo("another collection is running (lock artifacts-gc held); nothing done", err=True)
         return
-    for line in report.decisions:
+    for line in report.decisions:  # they name runs and jobs
         if verbose or not line.startswith("keep"):
-            click.echo(line)
-    click.echo(report.summary())
+            click.echo(clean(line))
+    click.echo(clean(report.summary()))

@@ -7,11 +7,13 @@ import click
 
 from coordinator.cli.options import parse_vars, var_option
 from coordinator.frontend import load_file
+from coordinator.terminal import clean, clean_lines
 
 
 def _report(diagnostics) -> None:
     for diagnostic in diagnostics:
-        click.echo(str(diagnostic), err=True)
+        # Messages quote the file's values; a pull request's pipeline is not trusted.
+        click.echo(clean(str(diagnostic)), err=True)
 
 
 @click.command()
@@ -32,7 +34,7 @@ def validate(files: tuple[str, ...], variables: tuple[str, ...], fmt: str) -> No
             _report(result.diagnostics)
             if result.ok:
                 count = len(result.plan.jobs)
-                click.echo(f"{file}: valid ({count} job{'' if count == 1 else 's'})")
+                click.echo(clean(f"{file}: valid ({count} job{'' if count == 1 else 's'})"))
     if fmt == "json":
         import json
 
@@ -52,4 +54,7 @@ def plan(file: str, variables: tuple[str, ...], fmt: str) -> None:
     _report(result.diagnostics)
     if not result.ok:
         sys.exit(1)
-    click.echo(RENDERERS[fmt](result.plan))
+    rendered = RENDERERS[fmt](result.plan)
+    # Text and Mermaid show job names as written (matrix values included); JSON and dot
+    # quote them with JSON escapes, so they stay exact.
+    click.echo(clean_lines(rendered) if fmt in ("text", "mermaid") else rendered)

@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from coordinator.cli.options import open_run_store
+from coordinator.cli.options import open_run_store, run_id_argument
+from coordinator.terminal import clean
 
 EXIT_REFUSED = 1
 
@@ -36,7 +37,7 @@ def _open(run_id: str) -> tuple[Any, Any, dict]:
 
 
 def _refuse(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(clean(f"error: {message}"), err=True)  # gate, job and state names come from the run
     sys.exit(EXIT_REFUSED)
 
 
@@ -70,7 +71,7 @@ def _nudge(settings: Any, run_id: str, jobs: list[str]) -> None:
         for job in jobs:
             enqueue_tick(app, run_id, job, NUDGE)
     except Exception as exc:  # the scheduled tick still picks it up within its interval
-        click.echo(f"warning: could not send an immediate tick ({exc}); the next one will act", err=True)
+        click.echo(clean(f"warning: could not send an immediate tick ({exc}); the next one will act"), err=True)
 
 
 def _answer(run_id: str, gate: str, decision: str, by: str | None) -> None:
@@ -87,12 +88,13 @@ def _answer(run_id: str, gate: str, decision: str, by: str | None) -> None:
     if stored != answer:
         verb = "approved" if stored.get("decision") == "approve" else "rejected"
         _refuse(f"gate '{gate}' was already {verb} by {stored.get('by')} at {stored.get('at')}")
-    click.echo(f"gate {gate} of run {run_id}: {'approved' if decision == 'approve' else 'rejected'} by {answer['by']}")
+    click.echo(clean(f"gate {gate} of run {run_id}: {'approved' if decision == 'approve' else 'rejected'} "
+                     f"by {answer['by']}"))
     _nudge(settings, run_id, gates[gate])
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument
 @click.argument("gate")
 @by_option
 def approve(run_id: str, gate: str, by: str | None) -> None:
@@ -101,7 +103,7 @@ def approve(run_id: str, gate: str, by: str | None) -> None:
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument
 @click.argument("gate")
 @by_option
 def reject(run_id: str, gate: str, by: str | None) -> None:
@@ -128,17 +130,17 @@ def _command(run_id: str, job: str, kind: str, by: str | None) -> None:
             if kind == "rollback" else ""
         _refuse(f"deployment {job} of run {run_id} already ended ({state}); nothing to {kind}{hint}")
     if kind == "rollback" and state is not None and state != PROMOTED:
-        click.echo(f"deployment {job} is still in progress ({state}): rolling back means aborting it", err=True)
+        click.echo(clean(f"deployment {job} is still in progress ({state}): rolling back means aborting it"), err=True)
     deploys.add_command(run_id, job, {"type": kind, "by": by or _default_user(), "at": iso_ms(time.time() * 1000)})
     if loaded is None:
-        click.echo(f"{kind} of {job} in run {run_id} queued: the deployment has not started yet")
+        click.echo(clean(f"{kind} of {job} in run {run_id} queued: the deployment has not started yet"))
     else:
-        click.echo(f"{kind} of {job} in run {run_id} requested ({state})")
+        click.echo(clean(f"{kind} of {job} in run {run_id} requested ({state})"))
     _nudge(settings, run_id, [job])
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument
 @click.argument("job")
 @by_option
 def abort(run_id: str, job: str, by: str | None) -> None:
@@ -147,7 +149,7 @@ def abort(run_id: str, job: str, by: str | None) -> None:
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument
 @click.argument("job")
 @by_option
 def rollback(run_id: str, job: str, by: str | None) -> None:

@@ -4,11 +4,40 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
+from typing import Any, Callable, TypeVar
 
 import click
 
+from coordinator.terminal import clean
+
+F = TypeVar("F", bound=Callable[..., Any])
+
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 EXIT_UNKNOWN_RUN = 3
+
+
+def check_run_id(run_id: str) -> str:
+    """`run_id` if it can be a run id; otherwise one line on stderr and exit 3.
+
+    Every command taking RUN calls this first: a run id ends up in paths (workspaces,
+    logs) and key names, so `../../etc` must be refused before anything is built from it.
+    """
+    from shared.state.base import RUN_ID_PATTERN  # what the stores enforce; loaded only here
+
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        click.echo(f"error: no run '{clean(run_id)}': not a run id "
+                   "(letters, digits and '_.:-', like 20261127-015301-3f9a1c)", err=True)
+        sys.exit(EXIT_UNKNOWN_RUN)
+    return run_id
+
+
+def _run_id_callback(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    return check_run_id(value)
+
+
+def run_id_argument(function: F) -> F:
+    """The RUN argument of a command, checked (`check_run_id`) as soon as it is parsed."""
+    return click.argument("run_id", metavar="RUN", callback=_run_id_callback)(function)
 
 var_option = click.option(
     "--var", "variables", multiple=True, metavar="K=V",
@@ -27,7 +56,13 @@ def parse_vars(items: tuple[str, ...]) -> dict[str, str]:
 
 
 def cli_settings(executor: str | None = None):
-    """Settings from the environment; a configuration error is a usage error (exit 2)."""
+    """Settings from the environment; a configuration error is a usage error (exit 2).
+
+    ``executor`` (`--executor`) overrides CONVEYOR_EXECUTOR. With neither, embedded mode
+    (`conveyor run` on one's own machine, no broker) picks Docker when an engine answers
+    and else the local executor, with a warning; a worker (broker mode) never guesses:
+    unset means Docker, or no start (worker.executors.select_executor).
+    """
     from shared.config import ConfigError, load_settings
 
     try:
@@ -36,6 +71,8 @@ def cli_settings(executor: str | None = None):
         raise click.UsageError(str(exc)) from None
     if executor:
         settings = dataclasses.replace(settings, executor=executor)
+    elif settings.embedded and not settings.executor:
+        settings = dataclasses.replace(settings, executor="auto")
     return settings
 
 
@@ -49,7 +86,9 @@ def open_cli_store(settings):
 
 
 def open_run_store(run_id: str):
-    """(settings, state store) for a command about one run; exit 3 when the run is unknown."""
+    """(settings, state store) for a command about one run; exit 3 when the run is unknown
+    or `run_id` is not a run id at all."""
+    check_run_id(run_id)
     settings = cli_settings()
     store = open_cli_store(settings)
     if store.get_run(run_id) is None:

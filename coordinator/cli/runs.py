@@ -8,8 +8,9 @@ from typing import NoReturn
 import click
 
 from coordinator.cli.options import (
-    EXIT_UNKNOWN_RUN, cli_settings, open_cli_store, open_run_store, parse_vars, var_option,
+    EXIT_UNKNOWN_RUN, cli_settings, open_cli_store, open_run_store, parse_vars, run_id_argument, var_option,
 )
+from coordinator.terminal import clean
 
 
 def _compile(file: str, parameters: dict[str, str]):
@@ -18,7 +19,7 @@ def _compile(file: str, parameters: dict[str, str]):
 
     run_id, result = compile_run(file, parameters)
     for diagnostic in result.diagnostics:
-        click.echo(str(diagnostic), err=True)
+        click.echo(clean(str(diagnostic)), err=True)  # they quote the pipeline's text
     if not result.ok:
         sys.exit(2)
     return run_id, result.plan
@@ -125,7 +126,7 @@ def submit(file: str, variables: tuple[str, ...], source: str | None, wait: bool
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def status(run_id: str, fmt: str) -> None:
     """Run and job states."""
@@ -152,22 +153,26 @@ def status(run_id: str, fmt: str) -> None:
         for job in store.get_jobs(run_id):
             view = extras(run_id, job).get("deployment")
             if view:
-                click.echo(f"deployment {job}: {summary(view)}")
+                click.echo(clean(f"deployment {job}: {summary(view)}"))
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument
 @click.argument("job", required=False)
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new lines until the job or run ends.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: one object per line with ts, run_id, job, stream and message.")
 def logs(run_id: str, job: str | None, follow_: bool, fmt: str) -> None:
-    """Job logs (all jobs in plan order, or one)."""
+    """Job logs (all jobs in plan order, or one).
+
+    On a terminal the jobs' colours are kept (unless NO_COLOR is set); every other
+    control sequence a job printed is left out. --format json gives the lines as stored.
+    """
     from coordinator.follow import follow_logs
 
     _, store = open_run_store(run_id)
     if job is not None and job not in store.get_jobs(run_id):
-        click.echo(f"error: run '{run_id}' has no job '{job}'", err=True)
+        click.echo(f"error: run '{run_id}' has no job '{clean(job)}'", err=True)
         sys.exit(EXIT_UNKNOWN_RUN)
     try:
         follow_logs(store, run_id, job, follow=follow_, as_json=fmt == "json")
@@ -177,12 +182,12 @@ def logs(run_id: str, job: str | None, follow_: bool, fmt: str) -> None:
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument
 def cancel(run_id: str) -> None:
     """Stop running jobs (within 10 s) and cancel the rest."""
     _, store = open_run_store(run_id)
     running = store.request_cancel(run_id)
-    click.echo(f"run {run_id}: cancel requested" + (f"; stopping {', '.join(running)}" if running else ""))
+    click.echo(f"run {run_id}: cancel requested" + (f"; stopping {clean(', '.join(running))}" if running else ""))
 
 
 @click.command()

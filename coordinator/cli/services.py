@@ -18,9 +18,14 @@ from shared.logformat import FORMATS
 @click.option("--log-format", type=click.Choice(FORMATS), envvar="CONVEYOR_LOG_FORMAT", default="text",
               show_default=True, help="Worker log lines as text or JSON lines (env CONVEYOR_LOG_FORMAT).")
 @click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--executor", type=click.Choice(["docker", "local"]),
+              help="Where steps run (default CONVEYOR_EXECUTOR, else docker; `local` isolates nothing).")
 def worker(queues: str, concurrency: int, name: str | None, metrics_port: int | None, metrics_address: str,
-           log_format: str, loglevel: str) -> None:
+           log_format: str, loglevel: str, executor: str | None) -> None:
     """A Celery worker for jobs (queue `jobs`) and deployments (queue `deploy`).
+
+    Steps run in Docker containers unless `--executor local` (or CONVEYOR_EXECUTOR=local)
+    says to run them on this host, unisolated; without an engine the worker does not start.
 
     Messages of this command itself (usage errors, the metrics address, reaped
     containers) are text on stderr whatever --log-format says; everything logged once
@@ -32,7 +37,7 @@ def worker(queues: str, concurrency: int, name: str | None, metrics_port: int | 
     options = WorkerOptions(queues=queues, concurrency=concurrency, name=name, metrics_port=metrics_port,
                             metrics_address=metrics_address, json_logs=log_format == "json", loglevel=loglevel)
     try:
-        start_worker(cli_settings(), options, say=lambda message: click.echo(message, err=True))
+        start_worker(cli_settings(executor), options, say=lambda message: click.echo(message, err=True))
     except WorkerStartError as exc:
         raise click.ClickException(str(exc)) from None
 

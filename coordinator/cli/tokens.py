@@ -6,6 +6,7 @@ import time
 
 import click
 
+from coordinator.terminal import clean
 from shared.tokens import SCOPES
 
 
@@ -51,7 +52,7 @@ def list_tokens(fmt: str) -> None:
         return
     for t in tokens:
         created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(t.created_at))
-        click.echo(f"{t.name:24} {t.scope:8} {created} UTC")
+        click.echo(clean(f"{t.name:24} {t.scope:8} {created} UTC"))  # names are read from the store
 
 
 @token.command()

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 from coordinator.frontend import matrix as matrix_mod
 from coordinator.frontend import variables
 from coordinator.frontend.diagnostics import Diagnostics
-from coordinator.frontend.schema import field_path
+from coordinator.frontend.schema import field_path, validate_substituted
 from coordinator.frontend.yaml_source import Path, SourceMap
 from shared.units import parse_duration
 from shared import dag, expressions
@@ -21,6 +21,11 @@ from shared.plan import Artifacts, Job, Plan, Resources, RetryPolicy, Step, free
 
 DEFAULT_IMAGE = "ubuntu:20.04"
 RUN_ID_PLACEHOLDER = "${CONVEYOR_RUN_ID}"
+# Substituted by the deployment provider per instance, not at compile time, in the fields
+# of an environment that are command or image templates (docs/pipeline-format.md).
+PROVIDER_VARIABLES = frozenset({"INSTANCE", "VERSION", "PORT", "ADDRESS"})
+PROVIDER_TEMPLATES = frozenset({("provider", "start"), ("provider", "stop"), ("provider", "image"),
+                                ("health_check", "command")})
 STRING_ROOTS = frozenset({"env", "vars", "pipeline"})
 IMAGE_RE = re.compile(
     r"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -115,6 +120,63 @@ class Compiler:
             return [self.substitute_tree(v, scope, path + (i,)) for i, v in enumerate(value)]
         return self.substitute(value, scope, path)
 
+    def substitute_template(self, text: Any, scope: Mapping[str, str], path: Path) -> Any:
+        """A provider command or image template: the pipeline's variables substituted, the
+        provider's own (`${INSTANCE}`, `${VERSION}`, `${PORT}`, `${ADDRESS}`) left for it."""
+        if not isinstance(text, str) or "$" not in text:
+            return text
+
+        def lookup(name: str) -> str | None:
+            # Returned values are never expanded again, so `${INSTANCE}` stays as written.
+            return "${" + name + "}" if name in PROVIDER_VARIABLES else scope.get(name)
+
+        try:
+            return variables.substitute(text, lookup, self.expression(scope), known=[*scope, *PROVIDER_VARIABLES])
+        except variables.VariableError as problem:
+            self.error(path, f"{field_path(path)}: {problem.message}", problem.hint)
+            return text
+
+    def pipeline_scope(self) -> dict[str, str]:
+        """The variables of what belongs to no job (`environments:`): run parameters,
+        `global_env` and the system variables of the run."""
+        system = {k: v for k, v in self.system_env("").items() if k != "CONVEYOR_JOB"}
+        layers = [self.parameter_layer, self.global_env, system]
+        try:
+            return variables.resolve_layers(layers, expression=lambda source: self.expression(_merge(layers))(source))
+        except variables.VariableErrorGroup as group:
+            # Each job resolves the same layers and reports these errors; a reference to a
+            # broken variable is then reported here as undefined.
+            return group.partial
+
+    def compile_environments(self) -> dict[str, Any]:
+        """`environments:` with variables substituted in every string field, then checked
+        again (`strategy`-like values and `router.admin` are only known after it)."""
+        raw = self.data.get("environments") or {}
+        if not isinstance(raw, dict) or not raw:
+            return {}
+        scope = self.pipeline_scope()
+        compiled: dict[str, Any] = {}
+        for name, env in raw.items():
+            path: Path = ("environments", name)
+            if not isinstance(env, dict):
+                compiled[name] = env
+                continue
+            before = len(self.out.errors)
+            value = {key: self._environment_field(field, scope, path + (key,), (key,)) for key, field in env.items()}
+            if len(self.out.errors) == before:
+                validate_substituted("environment", value, path, self.source, self.out)
+            compiled[name] = value
+        return compiled
+
+    def _environment_field(self, value: Any, scope: Mapping[str, str], path: Path, where: tuple) -> Any:
+        if isinstance(value, dict):
+            return {k: self._environment_field(v, scope, path + (k,), where + (k,)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._environment_field(v, scope, path + (i,), where + (i,)) for i, v in enumerate(value)]
+        if where in PROVIDER_TEMPLATES:
+            return self.substitute_template(value, scope, path)
+        return self.substitute(value, scope, path)
+
     def check_image(self, image: str, path: Path) -> None:
         if "${" not in image and not IMAGE_RE.fullmatch(image):
             self.error(path, f"{field_path(path)}: '{image}' is not a valid image reference", "expected [registry/]repo[:tag][@sha256:digest]")
@@ -151,7 +213,10 @@ class Compiler:
         resources_raw = raw.get("resources", self.defaults.get("resources")) or {}
         deploy = raw.get("deploy")
         if deploy is not None:
+            before = len(self.out.errors)
             deploy = self.substitute_tree(deploy, job_env, path + ("deploy",))
+            if len(self.out.errors) == before:
+                self.check_deploy(deploy, raw["deploy"], path + ("deploy",))
         return Job(
             name=expansion.name,
             base_name=base,
@@ -176,7 +241,19 @@ class Compiler:
                 name=artifacts_raw.get("name"),
             ),
             deploy=freeze(deploy) if deploy is not None else None,
+            user=str(raw["user"]) if "user" in raw else None,
+            read_only_root=raw.get("read_only_root"),
         )
+
+    def check_deploy(self, deploy: Any, raw: Any, path: Path) -> None:
+        """A `deploy:` block checked again after substitution (`strategy: ${STRATEGY}`)."""
+        if not validate_substituted("deploy", deploy, path, self.source, self.out):
+            return
+        raw_strategy = raw.get("strategy") if isinstance(raw, dict) else None
+        if (isinstance(deploy, dict) and isinstance(raw_strategy, str) and "$" in raw_strategy
+                and deploy.get("strategy") == "canary" and "canary" not in deploy):
+            # The same rule semantic.py applies to a literal `strategy: canary`.
+            self.error(path + ("strategy",), f"job '{path[1]}': strategy 'canary' needs a 'canary:' section with steps")
 
     def compile_step(self, raw: dict, path: Path, job_layers: list[dict[str, str]], job_layer: dict,
                      job_env_path: Path, job_image: str) -> Step | None:
@@ -216,6 +293,7 @@ class Compiler:
                 job = self.compile_job(base, raw, expansion, deps)
                 if job is not None:
                     jobs[job.name] = job
+        environments = self.compile_environments()
         if self.out.has_errors:
             return None
         graph = {name: job.depends_on for name, job in jobs.items()}
@@ -234,7 +312,7 @@ class Compiler:
             timeout=self.data.get("timeout", 7200),
             global_env=frozen_env(self.global_env),
             parameters=frozen_env(self.parameters),
-            environments=freeze(self.data.get("environments") or {}),
+            environments=freeze(environments),
             triggers=tuple(freeze(t) for t in self.data.get("triggers") or ()),
         )
 

@@ -187,6 +187,9 @@ JOB = {
     },
     "resources": RESOURCES,
     "secrets": {"type": "list", "schema": {"type": "string", "regex": ENV_NAME_RE}},
+    # Docker steps' user, numeric only (a name means what the image says; docs/pipeline-format.md).
+    "user": {"type": ["string", "int"], "regex": r"[0-9]+(:[0-9]+)?", "min": 0},
+    "read_only_root": {"type": "boolean"},
 }
 
 PIPELINE = {
@@ -290,10 +293,27 @@ def _allowed_keys(schema: dict, path: Path) -> list[str]:
     return sorted(sub) if isinstance(sub, dict) else []
 
 
-def _report(error: Any, base: Path, schema: dict, source: SourceMap, out: Diagnostics) -> None:
+def substituted_later(path: Path) -> bool:
+    """Whether the value at `path` is checked again after variable substitution: the
+    fields of a job's `deploy:` and of `environments:` (see `validate_substituted`)."""
+    return (len(path) > 3 and path[0] == "jobs" and path[2] == "deploy") or (len(path) > 2 and path[0] == "environments")
+
+
+def _deferred(path: Path, rule: str, value: Any) -> bool:
+    # `strategy: ${STRATEGY}` is not one of the allowed values until it is substituted;
+    # the compiler checks the substituted value (validate_substituted) instead. Mapping
+    # keys (an environment's name) are never substituted: those are checked now.
+    return (rule in ("allowed", "regex") and isinstance(value, str) and "$" in value and substituted_later(path)
+            and path[-1] != value)
+
+
+def _report(error: Any, base: Path, schema: dict, source: SourceMap, out: Diagnostics,
+            substituted: bool = False) -> None:
     path: Path = tuple(base) + tuple(error.document_path)
     rule, constraint, value = error.rule, error.constraint, error.value
-    where = field_path(path)
+    if not substituted and _deferred(path, rule, value):
+        return
+    where = field_path(path) + (" (after substitution)" if substituted else "")
     if error.code == cerberus.errors.UNKNOWN_FIELD.code:
         name = path[-1]
         parent = path[:-1]
@@ -344,6 +364,33 @@ def _run(validator: _Validator, schema: dict, document: Any, base: Path, source:
     validator.validate(document, normalize=False)
     for error in _leaf_errors(validator._errors):
         _report(error, base, schema, source, out)
+
+
+_deploy_validator = _Validator(DEPLOY, allow_unknown=False)
+_environment_validator = _Validator(ENVIRONMENT, allow_unknown=False)
+
+
+def validate_substituted(section: str, value: Any, base: Path, source: SourceMap, out: Diagnostics) -> bool:
+    """Check a `deploy:` block (`section="deploy"`) or one environment (`"environment"`)
+    after variable substitution, reporting at the fields' own positions (`base` is where
+    the section is written). False when it has errors."""
+    if section == "deploy":
+        validator, schema = _deploy_validator, DEPLOY
+    else:
+        validator, schema = _environment_validator, ENVIRONMENT
+    before = len(out.errors)
+    if isinstance(value, dict):
+        validator.validate(value, normalize=False)
+        for error in _leaf_errors(validator._errors):
+            _report_substituted(error, base, schema, source, out)
+    return len(out.errors) == before
+
+
+def _report_substituted(error: Any, base: Path, schema: dict, source: SourceMap, out: Diagnostics) -> None:
+    # Only what substitution can change: the values checked by `allowed` and `regex`.
+    # Everything else was reported (once) by the schema stage.
+    if error.rule in ("allowed", "regex") and isinstance(error.value, str):
+        _report(error, base, schema, source, out, substituted=True)
 
 
 def _string_keys(value: Any, path: Path, source: SourceMap, out: Diagnostics) -> Any:

@@ -47,11 +47,34 @@ class SemanticChecker:
         self.out.error(position, message, hint)
 
     def run(self) -> None:
+        self.check_nul()
         for name, job in self.jobs.items():
             if isinstance(job, dict):
                 self.check_job(str(name), job)
         self.check_dependencies()
         self.check_environments()
+
+    # -- text ----------------------------------------------------------------------
+    def check_nul(self) -> None:
+        """No NUL character in any key or string (a `\\0`, `\\x00` or `\\u0000` escape).
+
+        No process argument, environment value or file name can hold one, so such a value
+        would fail on the worker, mid-run; it is an error here, at its position.
+        """
+        stack: list[tuple[Any, Path]] = [(self.data, ())]
+        while stack:
+            node, path = stack.pop()
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    if isinstance(key, str) and "\0" in key:
+                        self.error(path + (key,), f"{field_path(path)}: key {key!r} must not contain a NUL "
+                                   "character", "remove the \\0 escape", at_key=True)
+                    stack.append((value, path + (key,)))
+            elif isinstance(node, list):
+                stack.extend((value, path + (i,)) for i, value in enumerate(node))
+            elif isinstance(node, str) and "\0" in node:
+                self.error(path, f"{field_path(path)}: text must not contain a NUL character",
+                           "remove the \\0 (or \\x00, \\u0000) escape")
 
     # -- jobs ----------------------------------------------------------------------
     def check_job(self, name: str, job: dict) -> None:

@@ -7,12 +7,15 @@ Members are checked on the way in (`build_manifest`) and again on the way out
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import posixpath
+import re
 import shutil
 import stat
 import tempfile
+import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,12 +26,26 @@ from shared.artifacts.base import ArtifactError, ObjectStore, PathError, _unlink
 
 MANIFEST_VERSION = 1
 DEFAULT_WORKERS = 8
+# Bounds on collecting one job's artifacts: directory entries looked at while matching its
+# globs and listing matched directories, and seconds spent doing so. Far above a real
+# build's outputs; a glob over a huge tree (or a job that made one to stall the worker)
+# fails the job with a message naming the glob, instead of walking for hours.
+MAX_GLOB_ENTRIES = 100_000
+MAX_GLOB_SECONDS = 30.0
 
 T = TypeVar("T")
 
 
 class ManifestError(ArtifactError, ValueError):
     """A manifest that is not valid JSON of the expected shape."""
+
+
+class GlobLimitError(PathError):
+    """Matching an artifact glob went past MAX_GLOB_ENTRIES entries or MAX_GLOB_SECONDS.
+
+    A PathError: the job's own doing (its globs or its tree), so the job fails with
+    `script_failure` and is not retried; a retry would walk the same tree again.
+    """
 
 
 @dataclass(frozen=True)
@@ -169,22 +186,32 @@ def _check_glob(pattern: str) -> None:
 
 # -- building ------------------------------------------------------------------------
 
-def build_manifest(root: Path, globs: Sequence[str], workers: int = DEFAULT_WORKERS) -> Manifest:
+def build_manifest(root: Path, globs: Sequence[str], workers: int = DEFAULT_WORKERS, *,
+                   max_entries: int | None = None, max_seconds: float | None = None) -> Manifest:
     """The manifest of the files under `root` matching `globs` (hashed concurrently).
 
     A matched directory contributes everything below it. Symlinks are recorded as symlinks;
     one that is absolute or resolves outside `root` raises `PathError`, as does a glob that
     is absolute or uses `..`. Only regular files and symlinks are collected.
+
+    Matching never leaves `root`: a wildcard never descends a symlinked directory, and a
+    glob naming one literally (`current/report.html`) goes through it only when it
+    resolves inside `root` (else `PathError` naming the glob and the link). Matching and
+    listing stop with `GlobLimitError` after `max_entries` directory entries or
+    `max_seconds` seconds (default MAX_GLOB_ENTRIES and MAX_GLOB_SECONDS, read at call time).
     """
     root = Path(root)
     real_root = os.path.realpath(root)
     if not os.path.isdir(real_root):
         raise FileNotFoundError(f"artifact root {root} is not a directory")
+    walk = _Walk(MAX_GLOB_ENTRIES if max_entries is None else max_entries,
+                 MAX_GLOB_SECONDS if max_seconds is None else max_seconds)
     found: dict[str, Path] = {}
     for pattern in globs:
         _check_glob(pattern)
-        for match in _glob(root, pattern):
-            for member in _expand(match):
+        walk.pattern = pattern
+        for match in _glob(root, real_root, pattern, walk):
+            for member in _expand(match, walk):
                 found.setdefault(PurePosixPath(member.relative_to(root)).as_posix(), member)
     return _manifest_of(found, real_root, workers)
 
@@ -234,21 +261,134 @@ def _manifest_of(found: dict[str, Path], real_root: str, workers: int) -> Manife
     return Manifest(tuple(entries + links))
 
 
-def _glob(root: Path, pattern: str) -> Iterable[Path]:
-    if not any(c in pattern for c in "*?["):
-        # A literal path: pathlib's glob drops dangling symlinks, which must still be checked.
-        path = root / pattern
-        return [path] if os.path.lexists(path) else []
-    return root.glob(pattern)
+class _Walk:
+    """The entries and time one `build_manifest` may spend matching and listing."""
+
+    def __init__(self, max_entries: int, max_seconds: float) -> None:
+        self.max_entries = max_entries
+        self.max_seconds = max_seconds
+        self.deadline = time.monotonic() + max_seconds
+        self.entries = 0
+        self.pattern = ""
+
+    def tick(self) -> None:
+        """Count one directory entry looked at; raise when a bound is passed."""
+        self.entries += 1
+        if self.entries > self.max_entries:
+            raise GlobLimitError(
+                f"artifact glob {self.pattern!r} looked at more than {self.max_entries:,} directory entries "
+                "(the limit); match fewer files, e.g. 'dist/*.whl' rather than '**'"
+            )
+        # The clock is read every 256 entries: often enough, and cheap.
+        if self.entries & 0xFF == 0 and time.monotonic() > self.deadline:
+            raise GlobLimitError(
+                f"artifact glob {self.pattern!r} was still matching after {self.max_seconds:g}s "
+                f"({self.entries:,} directory entries; the limit); match fewer files"
+            )
 
 
-def _expand(match: Path) -> Iterable[Path]:
+def _is_wildcard(part: str) -> bool:
+    return any(c in part for c in "*?[")
+
+
+def _scandir(directory: Path, walk: _Walk) -> list[os.DirEntry[str]]:
+    """The entries of `directory` (none when it cannot be listed), each counted."""
+    try:
+        with os.scandir(directory) as listing:
+            entries = []
+            for entry in listing:
+                walk.tick()
+                entries.append(entry)
+            return entries
+    except OSError:  # not a directory, vanished, unreadable: nothing to match there
+        return []
+
+
+def _glob(root: Path, real_root: str, pattern: str, walk: _Walk) -> list[Path]:
+    """The paths under `root` matching `pattern`, component by component, as pathlib's glob
+    (`*`, `?`, `[...]` within a name, `**` for any number of directories, hidden names
+    included), except that no symlinked directory is descended by a wildcard: pathlib
+    follows them, which let `out/*/*` walk the host disk through a job-made `ln -s / out/root`.
+    A literal component naming a link is followed only when the link resolves inside `root`.
+    Dangling symlinks are matches too (they must still be checked).
+    """
+    parts = [part for part in pattern.split("/") if part not in ("", ".")]
+    for part in parts:
+        if "**" in part and part != "**":
+            raise PathError(f"artifact glob {pattern!r}: '**' can only be a whole path component")
+    if not parts:
+        return [root]
+    found: dict[Path, None] = {}  # ordered, without duplicates (`**/**` reaches a path twice)
+    # Explicit stack of (path, index of the next component), so a deep tree cannot
+    # exhaust Python's recursion limit.
+    stack: list[tuple[Path, int]] = [(root, 0)]
+    seen: set[tuple[Path, int]] = set()
+    while stack:
+        path, index = stack.pop()
+        if (path, index) in seen:
+            continue
+        seen.add((path, index))
+        if index == len(parts):
+            found[path] = None
+            continue
+        part = parts[index]
+        last = index == len(parts) - 1
+        if part == "**":
+            # `**` is zero or more real directories; as in pathlib, a trailing `**`
+            # matches directories only (each then contributes all of its contents).
+            stack.append((path, index + 1))
+            for entry in _scandir(path, walk):
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((path / entry.name, index))
+        elif _is_wildcard(part):
+            regex = _compiled(part)
+            for entry in _scandir(path, walk):
+                if not regex.match(entry.name):
+                    continue
+                if last:
+                    stack.append((path / entry.name, index + 1))
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append((path / entry.name, index + 1))
+                # A symlink (to a directory or not) is never descended by a wildcard.
+        else:
+            child = path / part
+            try:
+                st = os.lstat(child)
+            except OSError:
+                continue
+            walk.tick()
+            if last:
+                stack.append((child, index + 1))
+            elif stat.S_ISDIR(st.st_mode):
+                stack.append((child, index + 1))
+            elif stat.S_ISLNK(st.st_mode):
+                # Named literally (`current/report.html`): the user means to go through
+                # it, which is fine while it stays inside the workspace.
+                real = os.path.realpath(child)
+                rel = PurePosixPath(child.relative_to(root)).as_posix()
+                if not _inside(real, real_root):
+                    raise PathError(f"artifact glob {pattern!r} goes through the symlink {rel!r}, which "
+                                    "leaves the workspace; name paths inside the workspace")
+                if os.path.isdir(real):
+                    stack.append((child, index + 1))
+    return sorted(found)
+
+
+def _compiled(part: str) -> re.Pattern[str]:
+    return _GLOB_CACHE.get(part) or _GLOB_CACHE.setdefault(part, re.compile(fnmatch.translate(part)))
+
+
+_GLOB_CACHE: dict[str, re.Pattern[str]] = {}
+
+
+def _expand(match: Path, walk: _Walk) -> Iterable[Path]:
     """A glob match, or everything under it when it is a real directory (symlinks not followed)."""
     if match.is_symlink() or not match.is_dir():
         yield match
         return
     for dirpath, dirnames, filenames in os.walk(match, followlinks=False):
         for name in dirnames + filenames:
+            walk.tick()
             path = Path(dirpath) / name
             if path.is_symlink() or name in filenames:
                 yield path

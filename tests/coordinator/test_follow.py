@@ -241,10 +241,13 @@ def test_follow_logs_prints_stored_lines_in_plan_order(store: StateStore) -> Non
         "build | compiling",
         "build ! warning: unused",
         "build | built",
-        "lint  | \x1b[31mE501\x1b[0m line too long",  # `logs` gives the job's output as written
+        "lint  | E501 line too long",  # not a terminal: the job's colours are left out
         "test  | test attempt 1",
         "test  | test attempt 2",
     ]
+    coloured = io.StringIO()
+    follow_logs(store, run_id, "lint", out=coloured, colour=True)  # a terminal with colour
+    assert coloured.getvalue() == "\x1b[31mE501\x1b[0m line too long\x1b[0m\n"
     one = io.StringIO()
     follow_logs(store, run_id, "test", out=one)
     assert one.getvalue() == "test attempt 1\ntest attempt 2\n"
@@ -346,3 +349,19 @@ def test_follow_logs_as_json_lines_carry_run_and_job(store: StateStore) -> None:
         ("build", "stdout", "compiling"), ("build", "stderr", "warning: unused"), ("build", "stdout", "built")]
     assert {r["run_id"] for r in records} == {run_id}
     assert all(r["ts"].endswith("Z") for r in records)
+
+
+def test_dag_view_shows_hostile_names_and_details_as_plain_text(store: StateStore) -> None:
+    """Job names (matrix values), worker names and reasons are text: no escapes, no rich markup."""
+    name = "test[V=\x1b]0;pwned\x07[link=http://evil]x[/link]\x9b2J]"
+    plan = {"levels": [[name]], "jobs": {name: {"depends_on": []}}}
+    store.create_run("run-hostile", "demo\x1b[2J", {name: JobMeta()}, plan, {})
+    claim(store, "run-hostile", name, worker="w\x1b]8;;http://evil\x1b\\1")
+    view = DagView("run-hostile", "demo\x1b[2J", store.get_run("run-hostile").created_at, plan)
+    view.update("running", ordered_jobs(store, "run-hostile"))
+    console = Console(file=io.StringIO(), width=160, force_terminal=True)
+    console.print(view)
+    out = console.file.getvalue()
+    assert "\x1b]" not in out and "\x1b[2J" not in out and "\x9b" not in out and "\x07" not in out
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
+    assert "test[V=[link=http://evil]x[/link]]" in plain and "on w1" in plain

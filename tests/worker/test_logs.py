@@ -243,3 +243,87 @@ def test_an_unknown_job_is_reported_not_raised(store, tmp_path):
 )
 def test_human_size(n, text):
     assert human_size(n) == text
+
+
+# -- lines cut into pieces (LinePiece) ----------------------------------------------------
+
+
+def joined_stdout(entries: list[tuple[str, str]]) -> str:
+    return "".join(text for stream, text in entries if stream == "stdout")
+
+
+def test_a_secret_straddling_the_line_cut_is_masked_at_every_position(store, tmp_path):
+    """Every offset of the secret against the splitter's cut: store and file never hold it."""
+    from worker.executors.support import LineSplitter
+
+    secret = "gh0_T0kenValue-42"  # 17 characters, cut every 8
+    width = 8
+    for offset in range(2 * width + 1):
+        line = "x" * offset + secret + "y" * (offset % 5)
+        log = tmp_path / "logs" / f"{offset}.log"
+        s = LogSink(store, RUN, JOB, log, Masker([secret]))
+        splitter = LineSplitter(width)
+        for text in splitter.feed(line.encode() + b"\nnext line\n") + splitter.flush():
+            s.write("stdout", text)
+        s.close()
+        lines = [text for stream, text in file_lines(log)]
+        assert "".join(lines[:-1]) == "x" * offset + "****" + "y" * (offset % 5), offset
+        assert lines[-1] == "next line"
+        for piece in lines:
+            for size in range(4, len(secret) + 1):  # no 4-character fragment of it either
+                assert all(secret[i:i + size] not in piece for i in range(len(secret) - size + 1)), (offset, piece)
+    assert secret not in joined_stdout(stored(store))
+    assert "****" in joined_stdout(stored(store))
+
+
+def test_pieces_are_masked_as_one_line_in_the_store_and_the_file(store, tmp_path):
+    from worker.executors.support import LinePiece
+
+    secret = "abcdefghij"
+    with sink(store, tmp_path, secrets=[secret]) as s:
+        s.write("stdout", LinePiece("start abcde"))
+        s.write("stderr", "an unrelated stderr line")  # another stream in between
+        s.write("stdout", LinePiece("fghij middle ab"))
+        s.write("stdout", "cdefghij end")
+    stdout = [t for st, t in stored(store) if st == "stdout"]
+    assert "".join(stdout) == "start **** middle **** end"
+    fragments = {secret[i:i + 3] for i in range(len(secret) - 2)}
+    assert not [t for t in stdout if any(f in t for f in fragments)], stdout
+    assert "".join(t for st, t in file_lines(s.full_log) if st == "stdout") == "start **** middle **** end"
+    assert ("stderr", "an unrelated stderr line") in stored(store)
+
+
+def test_an_explicit_continues_flag_works_like_a_piece(store, tmp_path):
+    with sink(store, tmp_path, secrets=["0123456789"]) as s:
+        s.write("stdout", "id=01234", continues=True)
+        s.write("stdout", "56789;", continues=False)
+    assert joined_stdout(stored(store)) == "id=****;"
+
+
+def test_a_line_left_open_at_close_is_written_masked(store, tmp_path):
+    """A reader that died mid-line: what was held back is written at close, not lost."""
+    from worker.executors.support import LinePiece
+
+    s = sink(store, tmp_path, secrets=["topsecret"])
+    s.write("stdout", LinePiece("key topsecret and more"))
+    s.close()
+    assert joined_stdout(stored(store)) == "key **** and more"
+    assert "".join(t for st, t in file_lines(s.full_log) if st == "stdout") == "key **** and more"
+
+
+def test_a_secret_is_not_cut_by_the_cap(store, tmp_path):
+    """The head/tail cap keeps or drops whole entries, and entries are masked before it."""
+    from worker.executors.support import LineSplitter
+
+    secret = "Zq9-L0ng-S3cr3t-vALUE-Zq9"
+    splitter = LineSplitter(10)
+    s = sink(store, tmp_path, secrets=[secret], cap_bytes=120)
+    line = ("." * 7 + secret) * 12
+    for text in splitter.feed(line.encode() + b"\n") + splitter.flush():
+        s.write("stdout", text)
+    summary = s.close()
+    assert summary.omitted_lines > 0
+    texts = [t for stream, t in stored(store) if stream == "stdout"]
+    for text in texts:
+        assert not any(secret[i:i + 5] in text for i in range(len(secret) - 4)), text
+    assert "".join(t for st, t in file_lines(s.full_log) if st == "stdout") == ("." * 7 + "****") * 12

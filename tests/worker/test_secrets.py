@@ -186,3 +186,66 @@ def test_masked_output_keeps_surrounding_text():
     m = Masker(["tok3n"])
     masked = m.mask("before tok3n middle tok3ntok3n after")
     assert re.fullmatch(r"before \*{4} middle \*{4,8} after", masked)
+
+
+# -- LineMasker: one line masked in pieces --------------------------------------------------
+
+
+def feed_in_pieces(masker: Masker, line: str, cuts: list[int]) -> list[str]:
+    """What a LineMasker returns for `line` cut at `cuts` (the last piece is final)."""
+    stream = masker.stream()
+    bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(line))), len(line)]
+    pieces = [line[a:b] for a, b in zip(bounds, bounds[1:])] or [""]
+    return [stream.feed(piece, final=i == len(pieces) - 1) for i, piece in enumerate(pieces)]
+
+
+def test_a_secret_straddling_any_cut_is_masked():
+    secret = "s3cr3t-T0KEN-value"
+    m = Masker([secret])
+    line = '{"a":1,"token":"' + secret + '","b":2}'
+    start = line.index(secret)
+    for cut in range(len(line) + 1):
+        out = feed_in_pieces(m, line, [cut])
+        assert "".join(out) == m.mask(line), cut
+        # No returned piece holds a part of the secret that a reader could join up.
+        assert all(secret[:4] not in piece and secret[-4:] not in piece for piece in out), (cut, out)
+    assert start > 0
+
+
+def test_held_back_text_is_at_most_the_longest_form_minus_one():
+    m = Masker(["abcdefgh"])
+    stream = m.stream()
+    assert stream.feed("x" * 100) == "x" * (100 - (m.longest - 1))
+    assert stream.pending
+    assert stream.feed("", final=True) == "x" * (m.longest - 1)
+    assert not stream.pending
+
+
+def test_a_chain_of_overlapping_secrets_across_many_cuts_is_one_mask():
+    # `aaaa` repeated: every position starts a match, so the whole run is one span that
+    # crosses every cut; it must come out as a single ****, never as text.
+    m = Masker(["aaaa"])
+    line = "x" + "a" * 50 + "y"
+    out = feed_in_pieces(m, line, list(range(3, 52, 3)))
+    assert "".join(out) == "x****y" == m.mask(line)
+
+
+def test_no_secrets_means_pieces_pass_straight_through():
+    stream = Masker([]).stream()
+    assert stream.feed("abc") == "abc" and not stream.pending
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    secrets=st.lists(st.text(alphabet="ab:/+=cX", min_size=3, max_size=10), min_size=1, max_size=3),
+    filler=st.lists(st.text(alphabet="abcXY :/", max_size=12), min_size=1, max_size=5),
+    cuts=st.lists(st.integers(min_value=0, max_value=120), max_size=8),
+)
+def test_pieces_joined_equal_the_whole_line_masked(secrets, filler, cuts):
+    """Wherever the cuts fall, the pieces say exactly what masking the whole line says."""
+    line = "".join(f + secrets[i % len(secrets)] for i, f in enumerate(filler))
+    m = Masker(secrets)
+    out = feed_in_pieces(m, line, cuts)
+    assert "".join(out) == m.mask(line)
+    for secret in secrets:
+        assert secret not in "".join(out)

@@ -61,19 +61,32 @@ class ResourceLimits:
                 raise ValueError(f"ResourceLimits.{name} must be positive or None, got {value!r}")
 
 
+# `JobSpec.network`: a network of the job's own, created by `prepare` and removed by
+# `cleanup` (Docker); any other value is used as it is (`none`, or a network's name).
+ISOLATED_NETWORK = "isolated"
+
+
 @dataclass(frozen=True)
 class JobSpec:
-    """One job attempt as an executor sees it; ``workspace`` is a populated host directory."""
+    """One job attempt as an executor sees it; ``workspace`` is a populated host directory.
+
+    ``network``: ``ISOLATED_NETWORK`` (a network of this job alone), ``"none"`` or the
+    name of an existing network. ``user``: who the steps run as (``uid[:gid]``; None: the
+    image's user, or the worker's for the local executor); the executor hands the
+    workspace to that user in ``prepare``. ``max_file_bytes``: no file a step writes may
+    grow past this (Docker: the ``fsize`` ulimit); None: no such limit.
+    """
 
     run_id: str
     job: str
     workspace: Path
     worker_name: str
-    network: str = "bridge"
+    network: str = ISOLATED_NETWORK
     user: str | None = None
     read_only_root: bool = False
     pull_policy: PullPolicy = "if-not-present"
     kill_grace: float = 5.0
+    max_file_bytes: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", Path(self.workspace))
@@ -85,6 +98,10 @@ class JobSpec:
             raise ValueError(f"kill_grace must be >= 0, got {self.kill_grace!r}")
         if not self.run_id or not self.job or not self.worker_name:
             raise ValueError("run_id, job and worker_name must be non-empty")
+        if not self.network:
+            raise ValueError("network must be non-empty")
+        if self.max_file_bytes is not None and self.max_file_bytes <= 0:
+            raise ValueError(f"max_file_bytes must be positive or None, got {self.max_file_bytes!r}")
 
 
 @dataclass(frozen=True)

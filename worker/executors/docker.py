@@ -5,10 +5,17 @@ scripts directory read-only at ``/conveyor/scripts``; the step runs
 ``/bin/sh -e /conveyor/scripts/step-NNN.sh`` with the step env as the container env.
 The engine must see the worker's filesystem (a local socket, or a remote engine sharing
 the same paths), since both mounts are host paths.
+
+Every job gets a bridge network of its own (``JobSpec.network == "isolated"``), created
+by ``prepare`` and labelled like the containers: Docker isolates user-defined bridges
+from each other (its DOCKER-ISOLATION iptables chains), so a job cannot reach another
+job's containers, not even by IP, while the steps (and later the sidecars) of one job
+reach each other.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import secrets
@@ -22,10 +29,12 @@ from typing import Any
 import docker
 import docker.errors
 import requests.exceptions
-from docker.types import Mount
+from docker.types import Mount, Ulimit
 
 from shared.hardening import DEFAULT_CAP_DROP
+from worker.executors import hand_over
 from worker.executors.contract import (
+    ISOLATED_NETWORK,
     InfrastructureError,
     JobSpec,
     LogLine,
@@ -46,6 +55,8 @@ from worker.executors.engine_paths import check_engine_sees
 from worker.executors.scripts import SHELL, script_name, write_script
 from worker import metrics
 
+log = logging.getLogger(__name__)
+
 WORKSPACE_MOUNT = "/workspace"
 SCRIPTS_MOUNT = "/conveyor/scripts"
 
@@ -60,18 +71,22 @@ DEFAULT_ENGINE_TIMEOUT = 60.0
 # docker-py's default pool of 10 connections for a worker running several jobs.
 POOL_SIZE = 32
 _ENGINE_DOWN = (requests.exceptions.ConnectionError, docker.errors.DockerException)
+# How long cleanup waits for a removal another thread (or engine) already started, and
+# for a network's last endpoint to go after its containers were removed.
+REMOVAL_WAIT = 30.0
 
 
-def connect(timeout: float = DEFAULT_ENGINE_TIMEOUT) -> docker.DockerClient:
+def connect(timeout: float | None = None) -> docker.DockerClient:
     """A client for the engine of ``DOCKER_HOST`` (or the local socket), pinged once.
 
-    Raises InfrastructureError when no engine answers within ``timeout`` seconds.
+    Raises InfrastructureError (one line) when no engine answers within ``timeout``
+    seconds (default ``DEFAULT_ENGINE_TIMEOUT``).
     """
     try:
-        client = docker.from_env(timeout=timeout, max_pool_size=POOL_SIZE)
+        client = docker.from_env(timeout=timeout or DEFAULT_ENGINE_TIMEOUT, max_pool_size=POOL_SIZE)
         client.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise InfrastructureError(f"no Docker engine answered: {exc}") from exc
+        raise InfrastructureError("no Docker engine answered: " + " ".join(str(exc).split())) from exc
     return client
 
 
@@ -96,6 +111,18 @@ def _engine(action: str) -> Iterator[None]:
 
 def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:limit]
+
+
+def _key(job: JobSpec) -> tuple[str, str, str]:
+    """What one executor keeps per job: two workers' jobs of the same run and name (two
+    executors in one process, in tests) must not share a network or a cleanup."""
+    return (job.worker_name, job.run_id, job.job)
+
+
+def _container_user(user: str) -> str:
+    """A bare uid with its own gid: the engine would give it gid 0 (root's group) unless
+    the image lists the uid; the workspace is handed to the same pair."""
+    return f"{user}:{user}" if user.isdigit() else user
 
 
 def _message(exc: Exception) -> str:
@@ -133,43 +160,143 @@ class DockerExecutor:
         self._dirs = JobDirectories(scripts_root)
         self._cap_drop = list(cap_drop)
         self._max_line_chars = max_line_chars
-        self._containers: dict[tuple[str, str], set[str]] = {}
+        self._containers: dict[tuple[str, str, str], set[str]] = {}
+        # The job's own network: _key(job) -> (name, id).
+        self._networks: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._handed_over: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
         self._init: bool | None = None
 
     # -- job lifecycle -------------------------------------------------------------------
 
     def prepare(self, job: JobSpec) -> None:
-        """Create the job's scripts directory."""
+        """Create the job's scripts directory and network; give the workspace to
+        ``job.user``. Idempotent (``start`` calls it too)."""
         self._dirs.ensure(job)
+        key = _key(job)
+        with self._lock:
+            fresh = key not in self._handed_over
+            self._handed_over.add(key)
+        if fresh and job.user is not None:
+            user = _container_user(job.user)
+            # A name is resolved in the image, which the host cannot know: the workspace
+            # stays the worker's then (docs/executors.md).
+            if re.fullmatch(r"[0-9]+:[0-9]+", user):
+                hand_over(job.workspace, user)
+        self._network_of(job)
+
+    def _network_of(self, job: JobSpec) -> str:
+        """The network the job's containers join, created on first use when isolated."""
+        if job.network != ISOLATED_NETWORK:
+            return job.network
+        key = _key(job)
+        with self._lock:
+            known = self._networks.get(key)
+        if known is not None:
+            return known[0]
+        # One thread per job calls this; two jobs never share a key.
+        name = "-".join(["conveyor", _slug(job.run_id, 24), _slug(job.job, 24), secrets.token_hex(3)])
+        try:
+            with _engine("create a network"):
+                created = self._api.create_network(name, driver="bridge", labels=self._job_labels(job),
+                                                   check_duplicate=True)
+        except InfrastructureError as exc:
+            if "pool" in str(exc).lower():
+                # Docker's default address pools hold about 30 bridge networks in all.
+                raise InfrastructureError(
+                    f"{exc} (each job has a network of its own: widen the engine's "
+                    "default-address-pools in daemon.json or lower the worker's concurrency)") from exc
+            raise
+        except docker.errors.NotFound as exc:
+            raise InfrastructureError(f"cannot create the job's network: {_message(exc)}") from exc
+        with self._lock:
+            self._networks[key] = (name, created["Id"])
+        return name
+
+    @staticmethod
+    def _job_labels(job: JobSpec) -> dict[str, str]:
+        return {LABEL_RUN: job.run_id, LABEL_JOB: job.job, LABEL_WORKER: job.worker_name}
 
     def cleanup(self, job: JobSpec) -> None:
-        """Force-remove every container of the job, then its scripts; keep the workspace.
+        """Force-remove every container of the job, then its network and its scripts;
+        keep the workspace.
 
-        Goes on past individual failures so one bad container does not leak the others;
-        raises InfrastructureError at the end if the engine failed.
+        Something already gone (removed by a concurrent cleanup, the reaper, an operator)
+        counts as removed. Goes on past individual failures so one bad container does not
+        leak the others; raises InfrastructureError at the end if the engine failed.
         """
+        key = _key(job)
         with self._lock:
-            ids = self._containers.pop((job.run_id, job.job), set())
+            ids = self._containers.pop(key, set())
+            network = self._networks.pop(key, None)
+            self._handed_over.discard(key)
+        networks = {network[1]} if network is not None else set()
         failures: list[str] = []
-        try:
-            with _engine("list containers"):
-                for container in self._labelled(job.worker_name, job.run_id):
-                    if (container.get("Labels") or {}).get(LABEL_JOB) == job.job:
-                        ids.add(container["Id"])
-        except InfrastructureError as exc:
-            failures.append(str(exc))
-        for container_id in ids:
+        for kind, listing, found in (("containers", self._labelled, ids),
+                                     ("networks", self._labelled_networks, networks)):
             try:
-                with _engine("remove a container"):
-                    self._api.remove_container(container_id, force=True, v=True)
-            except docker.errors.NotFound:
-                pass
+                with _engine(f"list {kind}"):
+                    for summary in listing(job.worker_name, job.run_id):
+                        if (summary.get("Labels") or {}).get(LABEL_JOB) == job.job:
+                            found.add(summary["Id"])
             except InfrastructureError as exc:
                 failures.append(str(exc))
+        failures.extend(f for f in map(self._remove_container, ids) if f)
+        failures.extend(f for f in map(self._remove_network, networks) if f)
         self._dirs.remove(job)
         if failures:
             raise InfrastructureError("; ".join(failures))
+
+    def _remove_container(self, container_id: str) -> str | None:
+        """Force-remove a container; None when it is gone, else why not."""
+        try:
+            with _engine("remove a container"):
+                self._api.remove_container(container_id, force=True, v=True)
+            return None
+        except docker.errors.NotFound:
+            return None
+        except InfrastructureError as exc:
+            cause = exc.__cause__
+            # 409: someone else's removal of it is under way (two cleanups, the reaper).
+            if isinstance(cause, docker.errors.APIError) and cause.status_code == 409:
+                if self._wait_gone(lambda: self._api.inspect_container(container_id)):
+                    return None
+            return str(exc)
+
+    def _remove_network(self, network_id: str) -> str | None:
+        """Remove a network; None when it is gone, else why not.
+
+        Retried for a while: an engine can report an endpoint of a container it has
+        just removed (a conflict), which goes away by itself.
+        """
+        deadline = time.monotonic() + REMOVAL_WAIT
+        while True:
+            try:
+                with _engine("remove a network"):
+                    self._api.remove_network(network_id)
+                return None
+            except docker.errors.NotFound:
+                return None
+            except InfrastructureError as exc:
+                cause = exc.__cause__
+                retryable = isinstance(cause, docker.errors.APIError) and cause.status_code in (403, 409)
+                if not retryable or time.monotonic() > deadline:
+                    return str(exc)
+                time.sleep(0.2)
+
+    @staticmethod
+    def _wait_gone(inspect: Any) -> bool:
+        """Poll ``inspect`` until it raises NotFound (True) or REMOVAL_WAIT passes."""
+        deadline = time.monotonic() + REMOVAL_WAIT
+        while time.monotonic() < deadline:
+            try:
+                inspect()
+            except docker.errors.NotFound:
+                return True
+            except _ENGINE_DOWN:
+                return False
+            time.sleep(0.1)
+        return False
 
     def check_data_dir(self, data_dir: Path) -> None:
         """Prove the engine bind-mounts ``data_dir`` as this process sees it (see
@@ -177,20 +304,35 @@ class DockerExecutor:
         check_engine_sees(self._api, data_dir)
 
     def reap_orphans(self, worker_name: str) -> int:
-        """Force-remove containers labelled with this worker that this instance did not start."""
+        """Force-remove containers, then networks, labelled with this worker that this
+        instance did not create; returns how many were removed."""
         with self._lock:
             ours = set().union(*self._containers.values()) if self._containers else set()
+            our_networks = {network_id for _, network_id in self._networks.values()}
         removed = 0
-        with _engine("reap orphan containers"):
-            for container in self._labelled(worker_name):
-                if container["Id"] in ours:
-                    continue
-                try:
-                    self._api.remove_container(container["Id"], force=True, v=True)
-                except docker.errors.NotFound:
-                    continue
-                removed += 1
+        with _engine("list orphan containers"):
+            orphans = [c["Id"] for c in self._labelled(worker_name) if c["Id"] not in ours]
+        for container_id in orphans:
+            # Gone meanwhile (a cleanup got there first) counts as removed.
+            failure = self._remove_container(container_id)
+            if failure is not None:
+                raise InfrastructureError(failure)
+            removed += 1
+        with _engine("list orphan networks"):
+            orphans = [n["Id"] for n in self._labelled_networks(worker_name) if n["Id"] not in our_networks]
+        for network_id in orphans:
+            failure = self._remove_network(network_id)
+            if failure is not None:
+                raise InfrastructureError(failure)
+            removed += 1
         return removed
+
+    def _labelled_networks(self, worker_name: str, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Summaries (``Id``, ``Labels``) of this worker's networks, one engine call."""
+        labels = [f"{LABEL_WORKER}={worker_name}"]
+        if run_id is not None:
+            labels.append(f"{LABEL_RUN}={run_id}")
+        return self._api.networks(filters={"label": labels})
 
     def _labelled(self, worker_name: str, run_id: str | None = None) -> list[dict[str, Any]]:
         """Summaries (``Id``, ``Labels``) of this worker's containers, one engine call.
@@ -213,9 +355,11 @@ class DockerExecutor:
         raise InfrastructureError; a working_directory escaping the workspace ValueError.
         """
         handle = DockerStepHandle(job, step)
+        # Checked first: a refused path must not leave a network for nobody to clean up.
+        host_cwd = resolve_working_directory(job.workspace, step.working_directory)
+        self.prepare(job)
         scripts = self._dirs.ensure(job) / "scripts"
         write_script(scripts, step.index, step.script)
-        host_cwd = resolve_working_directory(job.workspace, step.working_directory)
         if not host_cwd.is_dir():
             handle.fail_early(
                 "script_failure",
@@ -237,7 +381,7 @@ class DockerExecutor:
             raise InfrastructureError(f"cannot create the step's container: {_message(exc)}") from exc
         handle.container_id = container.id
         with self._lock:
-            self._containers.setdefault((job.run_id, job.job), set()).add(container.id)
+            self._containers.setdefault(_key(job), set()).add(container.id)
         try:
             with _engine("start a container"):
                 try:
@@ -467,7 +611,7 @@ class DockerExecutor:
             "privileged": False,
             "security_opt": ["no-new-privileges"],
             "cap_drop": self._cap_drop,
-            "network_mode": job.network,
+            "network_mode": self._network_of(job),
             "read_only": job.read_only_root,
         }
         if self._has_init():
@@ -484,5 +628,11 @@ class DockerExecutor:
         if job.read_only_root:
             options["tmpfs"] = {"/tmp": "rw,nosuid,nodev"}
         if job.user is not None:
-            options["user"] = job.user
+            # A uid without a group would get gid 0 (root's group) from the engine unless
+            # the image lists it; the group is the uid's own, as the workspace's is.
+            options["user"] = _container_user(job.user)
+        if job.max_file_bytes is not None:
+            # No single file past the workspace's size, anywhere in the container: caught
+            # at once by the kernel (SIGXFSZ), where the job runner's size check is periodic.
+            options["ulimits"] = [Ulimit(name="fsize", soft=job.max_file_bytes, hard=job.max_file_bytes)]
         return options

@@ -1,15 +1,23 @@
 """The local executor: each step is a ``/bin/sh -e`` process group on the worker's host.
 
-No isolation: the step sees the host's filesystem and network as the worker's user does.
-What it does keep apart is the environment (only the step's env, plus a default PATH and
-a per-job HOME when the step sets none, never the worker's own variables, which hold
+No isolation: the step sees the host's filesystem and network as its user does. What it
+does keep apart is the environment (only the step's env, plus a default PATH and a
+per-job HOME when the step sets none, never the worker's own variables, which hold
 broker passwords and secrets) and the process tree (its own session, killed as a group).
+
+The worker's variables stay out of reach through /proc too, where Linux allows: the
+process running the executor makes itself non-dumpable, so a step of the same uid cannot
+read ``/proc/<worker>/environ`` (or ptrace it); a worker running as root starts steps
+without any capability (``setpriv``), since CAP_SYS_PTRACE would read it anyway, unless
+``JobSpec.user`` names who they run as (``CONVEYOR_LOCAL_USER``).
+
 Memory, CPU and pids limits cannot be enforced portably without privileges and are not
 enforced; ``image``, ``network``, ``read_only_root`` and ``pull_policy`` do not apply.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -21,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from worker.executors import hand_over, resolve_user
 from worker.executors.contract import (
 
     InfrastructureError,
@@ -63,6 +72,37 @@ _POLL = 0.05
 
 
 OWNER_ENV = "CONVEYOR_STEP_OWNER"
+# linux/prctl.h
+PR_SET_DUMPABLE = 4
+PR_GET_DUMPABLE = 3
+
+
+def make_non_dumpable() -> bool:
+    """Make this process non-dumpable (Linux): /proc/PID/environ, mem and ptrace are then
+    closed to other processes of the same uid without CAP_SYS_PTRACE. True when it is.
+
+    The flag is reset by execve, so the steps this process starts are ordinary processes.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return False  # not Linux
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    return prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0
+
+
+def _capless_prefix() -> list[str]:
+    """The command that starts a step as root without any capability; InfrastructureError
+    when ``setpriv`` (util-linux) is missing."""
+    setpriv = shutil.which("setpriv", path=DEFAULT_PATH)
+    if setpriv is None:
+        raise InfrastructureError(
+            "the worker runs as root and local steps must not: install setpriv (util-linux) "
+            "to run them as root without capabilities, or set CONVEYOR_LOCAL_USER (e.g. nobody)")
+    # An empty bounding set: root keeps its uid but gets no capability at exec, and
+    # no_new_privs keeps setuid programs (sudo, su) from giving any back.
+    return [setpriv, "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
 
 
 class LocalStepHandle(StepHandle):
@@ -134,16 +174,6 @@ def _session_leaders() -> Iterator[int]:
             continue
 
 
-def _parse_user(spec: str) -> tuple[int | str, int | str | None]:
-    """``"user[:group]"`` with names or numeric ids, as Docker's ``--user`` takes it."""
-    user, _, group = spec.partition(":")
-
-    def as_id(value: str) -> int | str:
-        return int(value) if value.isdigit() else value
-
-    return as_id(user), (as_id(group) if group else None)
-
-
 class LocalExecutor:
     """Runs steps as host processes. See the module docstring for what is not isolated."""
 
@@ -162,15 +192,31 @@ class LocalExecutor:
         self._default_path = default_path
         self._max_line_chars = max_line_chars
         self._handles: dict[tuple[str, str], list[LocalStepHandle]] = {}
+        self._handed_over: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
-        self._warned_limits = False
+        # Steps of the worker's own uid must not read its environment through /proc.
+        self.non_dumpable = make_non_dumpable()
 
     def prepare(self, job: JobSpec) -> None:
-        """Create the job's scripts and home directories."""
+        """Create the job's scripts and home directories; give the workspace and the home
+        to ``job.user`` when set. Idempotent."""
         home = self._dirs.ensure(job) / "home"
-        if job.user is not None:
-            user, group = _parse_user(job.user)
-            shutil.chown(home, user=user, group=group)
+        key = (job.run_id, job.job)
+        with self._lock:
+            fresh = key not in self._handed_over
+            self._handed_over.add(key)
+        if fresh and job.user is not None:
+            try:
+                uid, gid = resolve_user(job.user)
+            except KeyError:
+                raise InfrastructureError(f"local steps cannot run as {job.user!r}: no such user "
+                                          "on this host (CONVEYOR_LOCAL_USER)") from None
+            try:
+                os.chown(home, uid, gid)
+                os.chmod(home, 0o700)
+                hand_over(job.workspace, f"{uid}:{gid}")
+            except OSError as exc:
+                raise InfrastructureError(f"cannot give the job's directories to {job.user!r}: {exc}") from exc
 
     def start(self, job: JobSpec, step: StepSpec) -> LocalStepHandle:
         """Spawn the step's shell in its own session; raises ValueError for an escaping path."""
@@ -187,25 +233,33 @@ class LocalExecutor:
                 f"working directory {step.working_directory!r} does not exist in the workspace",
             )
             return handle
-        self._warn_unenforced(step)
         env = dict(step.env)
         # The local counterpart of the Docker executor's labels: after a restart, the worker
         # finds the step sessions its previous life left running by this mark.
         env[OWNER_ENV] = job.worker_name
         env.setdefault("PATH", self._default_path)
         env.setdefault("HOME", str(job_dir / "home"))
-        user, group = _parse_user(job.user) if job.user is not None else (None, None)
+        command = [self._shell, "-e", str(script)]
+        identity: dict = {}
+        if job.user is not None:
+            uid, gid = resolve_user(job.user)  # prepare checked that it exists
+            # No supplementary groups: root's (gid 0 among them) would otherwise stay.
+            identity = {"user": uid, "group": gid, "extra_groups": []}
+        elif os.geteuid() == 0:
+            # setpriv would start and then fail to exec a missing shell as a step failure.
+            if not os.access(self._shell, os.X_OK):
+                raise InfrastructureError(f"cannot start {self._shell}: not an executable file")
+            command = _capless_prefix() + command
         try:
             proc = subprocess.Popen(
-                [self._shell, "-e", str(script)],
+                command,
                 cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                user=user,
-                group=group,
+                **identity,
             )
         except (OSError, subprocess.SubprocessError) as exc:
             # The host cannot run a shell (or switch user): the worker is broken, not the step.
@@ -284,6 +338,8 @@ class LocalExecutor:
             if proc is not None and proc.returncode is None:
                 _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
+        with self._lock:
+            self._handed_over.discard((job.run_id, job.job))
         self._dirs.remove(job)
 
     def check_data_dir(self, data_dir: Path) -> None:
@@ -306,16 +362,3 @@ class LocalExecutor:
             if mark in environ and _signal_group(pid, signal.SIGKILL):
                 reaped += 1
         return reaped
-
-    def _warn_unenforced(self, step: StepSpec) -> None:
-        limits = step.limits
-        if self._warned_limits or (limits.memory_bytes is None and limits.cpus is None):
-            return
-        self._warned_limits = True
-        log.warning(
-            "the local executor does not enforce memory or cpu limits (step %r asked for "
-            "memory=%s cpus=%s); use CONVEYOR_EXECUTOR=docker to enforce them",
-            step.name,
-            limits.memory_bytes,
-            limits.cpus,
-        )

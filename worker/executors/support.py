@@ -38,13 +38,26 @@ def resolve_working_directory(workspace: Path, working_directory: str) -> Path:
     return target
 
 
+class LinePiece(str):
+    """A piece of a line cut at ``max_chars`` whose line goes on in the next text of the
+    same stream (another piece, or the line's last part as a plain ``str``).
+
+    A ``str`` subclass, so it travels unchanged through ``LogLine.text`` and the job
+    runner to ``LogSink.write``, which masks the pieces of one line as one: a secret
+    straddling a cut must not reach the log half in one piece and half in the next.
+    """
+
+    __slots__ = ()
+
+
 class LineSplitter:
     """Turns a stream of byte chunks into text lines.
 
     Lines end at ``\n`` only; ``\r`` is kept as text (progress bars use it mid-line).
     Invalid UTF-8 is replaced, a character split across chunks is kept whole, a line
     longer than ``max_chars`` is cut into chunks of that size (never dropped), and the
-    partial last line comes out on ``flush``.
+    partial last line comes out on ``flush``. Every chunk but the last of a cut line is
+    a ``LinePiece``.
     """
 
     def __init__(self, max_chars: int = DEFAULT_MAX_LINE_CHARS) -> None:
@@ -71,7 +84,7 @@ class LineSplitter:
             lines.extend(self._chunks(line))
         # Strictly longer: a line of exactly max_chars may still get its newline next.
         while len(rest) > self._max:
-            lines.append(rest[: self._max])
+            lines.append(LinePiece(rest[: self._max]))
             rest = rest[self._max :]
         if final and rest:
             lines.append(rest)
@@ -82,7 +95,9 @@ class LineSplitter:
     def _chunks(self, line: str) -> list[str]:
         if len(line) <= self._max:
             return [line]
-        return [line[i : i + self._max] for i in range(0, len(line), self._max)]
+        chunks: list[str] = [LinePiece(line[i : i + self._max]) for i in range(0, len(line), self._max)]
+        chunks[-1] = str(chunks[-1])  # the line ends here
+        return chunks
 
 
 _DONE = object()

@@ -151,3 +151,83 @@ def test_anchor_merge_and_dot_keys() -> None:
     )
     assert plan.jobs["a"].timeout == 42 and plan.jobs["b"].timeout == 7
     assert plan.jobs["a"].image == "busybox:1"
+
+
+# -- deploy: and environments: are substituted, then checked ----------------------------
+
+DEPLOYING = """
+name: deploying
+global_env: {SOCK: /run/haproxy/admin.sock, STRATEGY: blue_green, APP: web}
+environments:
+  production:
+    router: {type: haproxy, admin: "unix://${SOCK}", backend: "${APP}"}
+    provider:
+      type: command
+      start: "./start.sh ${INSTANCE} ${VERSION} ${PORT} ${ADDRESS} --app ${APP} $$HOME"
+      stop: "./stop.sh ${INSTANCE}"
+    instances: [{name: web1, address: "127.0.0.1:8081"}]
+    health_check: {type: command, command: "./check.sh ${ADDRESS} ${APP}"}
+jobs:
+  release:
+    environment: {ENV_NAME: production}
+    deploy: {environment: "${ENV_NAME}", version: "v-${CONVEYOR_PIPELINE}", strategy: "${STRATEGY}"}
+"""
+
+
+def test_environments_and_deploy_fields_are_substituted() -> None:
+    plan = compile_ok(DEPLOYING)
+    env = plan.environments["production"]
+    assert env["router"]["admin"] == "unix:///run/haproxy/admin.sock"
+    assert env["router"]["backend"] == "web"
+    # The provider's own variables are left for it; the pipeline's are substituted.
+    assert env["provider"]["start"] == "./start.sh ${INSTANCE} ${VERSION} ${PORT} ${ADDRESS} --app web $HOME"
+    assert env["provider"]["stop"] == "./stop.sh ${INSTANCE}"
+    assert env["health_check"]["command"] == "./check.sh ${ADDRESS} web"
+    deploy = plan.jobs["release"].deploy
+    assert (deploy["environment"], deploy["version"], deploy["strategy"]) == ("production", "v-deploying", "blue_green")
+
+
+def test_run_parameters_reach_environments() -> None:
+    plan = compile_ok(DEPLOYING, parameters={"SOCK": "/tmp/other.sock"})
+    assert plan.environments["production"]["router"]["admin"] == "unix:///tmp/other.sock"
+
+
+def errors_of(text: str, **kwargs) -> list[str]:
+    result = load_text(textwrap.dedent(text).lstrip("\n"), "p.yml", **kwargs)
+    assert not result.ok
+    return [str(d) for d in result.diagnostics if d.severity == "error"]
+
+
+def test_an_unknown_variable_in_an_environment_is_an_error_at_its_field() -> None:
+    found = errors_of(DEPLOYING.replace("unix://${SOCK}", "unix://${SOKC}"))
+    assert found == ["p.yml:5:36: error: environments.production.router.admin: undefined variable 'SOKC' "
+                     "(did you mean 'SOCK'?)"]
+
+
+def test_a_provider_variable_outside_a_template_is_an_ordinary_undefined_variable() -> None:
+    found = errors_of(DEPLOYING.replace('backend: "${APP}"', 'backend: "${INSTANCE}"'))
+    assert len(found) == 1 and "environments.production.router.backend: undefined variable 'INSTANCE'" in found[0]
+
+
+def test_substituted_values_are_checked_after_substitution() -> None:
+    found = errors_of(DEPLOYING, parameters={"STRATEGY": "bluegreen"})
+    assert found == ["p.yml:15:87: error: jobs.release.deploy.strategy (after substitution): 'bluegreen' is not one "
+                     "of: rolling, blue_green, canary (did you mean 'blue_green'?)"]
+    found = errors_of(DEPLOYING, parameters={"SOCK": ""})
+    assert len(found) == 1 and found[0].startswith("p.yml:5:36: error: environments.production.router.admin "
+                                                   "(after substitution): 'unix://' does not match")
+
+
+def test_a_substituted_canary_strategy_still_needs_its_section() -> None:
+    found = errors_of(DEPLOYING, parameters={"STRATEGY": "canary"})
+    assert found == ["p.yml:15:87: error: job 'release': strategy 'canary' needs a 'canary:' section with steps"]
+
+
+def test_a_literal_bad_strategy_is_reported_once_by_the_schema() -> None:
+    found = errors_of(DEPLOYING.replace('strategy: "${STRATEGY}"', "strategy: bluegreen"))
+    assert len(found) == 1 and "after substitution" not in found[0] and "'bluegreen' is not one of" in found[0]
+
+
+def test_an_environment_name_is_not_substituted_so_it_is_checked_at_once() -> None:
+    found = errors_of(DEPLOYING.replace("  production:", '  "prod${APP}":', 1))
+    assert "p.yml:4:3: error: environments.prod${APP}: 'prod${APP}' does not match" in found[0]

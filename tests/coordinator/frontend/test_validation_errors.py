@@ -315,3 +315,40 @@ def test_run_parameter_defines_variable() -> None:
             steps: [{name: s, script: [make]}]
         """
     assert errors(text, parameters={"PY": "3.12"}) == []
+
+
+@pytest.mark.parametrize("escape", ["\\0", "\\x00", "\\u0000"])
+def test_a_nul_escape_is_an_error_at_its_value(escape: str) -> None:
+    text = f"""
+    name: demo
+    jobs:
+      build:
+        environment: {{TOKEN: "a{escape}b"}}
+        matrix: {{V: ["x{escape}"]}}
+        steps: [{{name: s, script: ["echo {escape}"]}}]
+    """
+    assert errors(text) == [
+        "p.yml:4:26: error: jobs.build.environment.TOKEN: text must not contain a NUL character "
+        "(remove the \\0 (or \\x00, \\u0000) escape)",
+        "p.yml:5:18: error: jobs.build.matrix.V[0]: text must not contain a NUL character "
+        "(remove the \\0 (or \\x00, \\u0000) escape)",
+        "p.yml:6:32: error: jobs.build.steps[0].script[0]: text must not contain a NUL character "
+        "(remove the \\0 (or \\x00, \\u0000) escape)",
+    ]
+
+
+def test_a_nul_in_a_key_is_an_error_at_the_key() -> None:
+    found = errors("""
+    name: demo
+    jobs:
+      build:
+        environment: {"A\\0": v}
+        steps: [{name: s, script: [make]}]
+    """)
+    assert "p.yml:4:19: error: jobs.build.environment: key 'A\\x00' must not contain a NUL character " \
+           "(remove the \\0 escape)" in found
+
+
+def test_a_raw_nul_byte_is_an_error_at_its_place() -> None:
+    assert errors("name: demo\njobs:\n  build:\n    steps: [{name: s, script: [\"a\0b\"]}]\n") == [
+        "p.yml:4:34: error: character U+0000 is not allowed in a YAML file"]

@@ -252,3 +252,91 @@ def test_accepted_member_paths_stay_inside_the_root(path):
     joined = os.path.normpath(os.path.join(root, path))
     assert joined.startswith(root + "/")
     assert joined == f"{root}/{path}"  # already normalized: what is checked is what is written
+
+
+# -- glob matching stays in the workspace, within bounds ----------------------------------
+
+from shared.artifacts.manifest import GlobLimitError  # noqa: E402
+
+
+def paths_of(manifest: Manifest) -> list[str]:
+    return [e.path for e in manifest.entries]
+
+
+def test_wildcards_do_not_descend_directory_links(tmp_path):
+    src = make_tree(tmp_path / "ws")  # dist/libs -> lib
+    # pathlib's glob would also give dist/libs/copy.whl and dist/libs/up.whl
+    assert paths_of(build_manifest(src, ["dist/*/*"])) == ["dist/lib/copy.whl", "dist/lib/up.whl"]
+    assert paths_of(build_manifest(src, ["dist/l*/*"])) == ["dist/lib/copy.whl", "dist/lib/up.whl"]
+
+
+def test_a_literal_link_inside_the_workspace_is_still_followed(tmp_path):
+    src = make_tree(tmp_path / "ws")
+    assert paths_of(build_manifest(src, ["dist/libs/copy.whl"])) == ["dist/libs/copy.whl"]
+    assert paths_of(build_manifest(src, ["dist/libs/*.whl"])) == ["dist/libs/copy.whl", "dist/libs/up.whl"]
+
+
+def test_a_literal_link_leaving_the_workspace_names_the_glob_and_the_link(tmp_path):
+    outside = tmp_path / "host"
+    (outside / "etc").mkdir(parents=True)
+    (outside / "etc" / "shadow").write_text("root:x")
+    src = tmp_path / "ws"
+    (src / "out").mkdir(parents=True)
+    (src / "out" / "root").symlink_to(outside)
+    with pytest.raises(PathError) as caught:
+        build_manifest(src, ["out/root/etc"])
+    message = str(caught.value)
+    assert "'out/root/etc'" in message and "'out/root'" in message and "shadow" not in message
+
+
+@pytest.mark.parametrize("pattern", ["**", "**/*", "dist/**", "dist/**/*.whl", "*/*", "d?st/[a-l]*", ".", "dist/",
+                                     "*", "**/lib", "dist/**/**"])
+def test_matches_agree_with_pathlib_where_there_are_no_links(tmp_path, pattern):
+    src = tmp_path / "ws"
+    for rel in ["dist/app.whl", "dist/lib/copy.whl", "dist/lib/deep/x.whl", "dist/.hidden", "src.c", "docs/a.md"]:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(rel)
+    expected = set()
+    for match in (src.glob(pattern) if pattern not in (".",) else [src]):
+        if match.is_dir():
+            expected |= {p.relative_to(src).as_posix() for p in match.rglob("*") if p.is_file()}
+        else:
+            expected.add(match.relative_to(src).as_posix())
+    assert set(paths_of(build_manifest(src, [pattern]))) == expected
+
+
+def test_double_star_must_be_a_whole_component(tmp_path):
+    src = make_tree(tmp_path / "ws")
+    with pytest.raises(PathError, match=r"\*\*"):
+        build_manifest(src, ["dist/a**"])
+
+
+def test_too_many_entries_stop_the_walk_naming_the_glob_and_the_bound(tmp_path):
+    src = tmp_path / "ws"
+    (src / "many").mkdir(parents=True)
+    for i in range(300):
+        (src / "many" / f"f{i}").write_text("")
+    assert len(build_manifest(src, ["many/*"], max_entries=400).entries) == 300
+    with pytest.raises(GlobLimitError) as caught:
+        build_manifest(src, ["src.c", "many/**"], max_entries=250)
+    assert "'many/**'" in str(caught.value) and "250" in str(caught.value)
+    assert isinstance(caught.value, PathError)  # script_failure, not retried
+
+
+def test_listing_a_matched_directory_counts_against_the_bound(tmp_path):
+    src = tmp_path / "ws"
+    (src / "many").mkdir(parents=True)
+    for i in range(300):
+        (src / "many" / f"f{i}").write_text("")
+    with pytest.raises(GlobLimitError, match="'many'"):
+        build_manifest(src, ["many"], max_entries=100)
+
+
+def test_a_walk_past_its_time_stops_naming_the_glob_and_the_seconds(tmp_path):
+    src = tmp_path / "ws"
+    (src / "many").mkdir(parents=True)
+    for i in range(600):
+        (src / "many" / f"f{i}").write_text("")
+    with pytest.raises(GlobLimitError) as caught:
+        build_manifest(src, ["many/*"], max_seconds=0.0)
+    assert "'many/*'" in str(caught.value) and "0s" in str(caught.value)

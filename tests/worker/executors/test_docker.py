@@ -46,6 +46,10 @@ def _run_label_containers(client, run_id: str) -> list:
     return client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
 
 
+def _worker_networks(client, worker: str) -> list:
+    return client.networks.list(filters={"label": f"{LABEL_WORKER}={worker}"})
+
+
 @pytest.mark.slow
 def test_memory_limit_kill_is_reported_as_oom(run, step):
     result = run(step("dd if=/dev/zero of=/dev/null bs=64M count=1",
@@ -166,10 +170,12 @@ def test_reap_orphans_removes_only_this_workers_leftovers(docker_client, job, st
     bystander = previous_life.start(other_worker, step("sleep 30"))
     try:
         current = DockerExecutor(docker_client, scripts_root=tmp_path / "new")
-        assert current.reap_orphans(job.worker_name) == 1
+        assert current.reap_orphans(job.worker_name) == 2  # the container and its job's network
         with pytest.raises(docker.errors.NotFound):
             docker_client.containers.get(orphan.container_id)
+        assert _worker_networks(docker_client, job.worker_name) == []
         assert docker_client.containers.get(bystander.container_id).status == "running"
+        assert len(_worker_networks(docker_client, other_worker.worker_name)) == 1
         assert current.reap_orphans(job.worker_name) == 0
     finally:
         previous_life.cleanup(other_worker)
@@ -218,3 +224,32 @@ def test_unreachable_engine_is_an_infrastructure_error(job, tmp_path):
     with pytest.raises(InfrastructureError):
         executor.cleanup(job)
     assert list((tmp_path / "jobs").iterdir()) == [], "cleanup left the scripts behind"
+
+
+@pytest.mark.slow
+def test_a_numeric_user_gets_its_own_group_and_the_workspace(executor, job, step, tmp_path):
+    (job.workspace / "src").mkdir()
+    (job.workspace / "src" / "main.c").write_text("int main;\n")
+    as_user = replace(job, user="1234")
+    executor.prepare(as_user)
+    try:
+        result = drive(executor, as_user, step("id -u", "id -g", "echo built > src/out", "ls -n src"))
+    finally:
+        executor.cleanup(as_user)
+    assert result.outcome.succeeded, result.lines
+    assert result.stdout[1] == "1234" and result.stdout[3] == "1234"  # not gid 0
+    assert (job.workspace / "src" / "out").stat().st_uid == 1234
+    assert oct(job.workspace.stat().st_mode & 0o777) == "0o700"
+
+
+@pytest.mark.slow
+def test_each_job_gets_its_own_labelled_network_removed_with_it(executor, job, step, docker_client):
+    executor.prepare(job)
+    result = drive(executor, job, step("true"))
+    assert result.outcome.succeeded
+    [network] = docker_client.networks.list(filters={"label": f"{LABEL_RUN}={job.run_id}"})
+    assert network.attrs["Labels"][LABEL_JOB] == job.job and network.attrs["Labels"][LABEL_WORKER] == job.worker_name
+    [container] = _run_label_containers(docker_client, job.run_id)
+    assert list(container.attrs["NetworkSettings"]["Networks"]) == [network.name]
+    executor.cleanup(job)
+    assert docker_client.networks.list(filters={"label": f"{LABEL_RUN}={job.run_id}"}) == []

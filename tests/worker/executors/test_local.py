@@ -84,16 +84,6 @@ def test_step_reads_no_input(run, step):
     assert result.outcome.succeeded and "read-nothing" in result.stdout
 
 
-def test_unenforced_limits_are_warned_about_once(run, step, caplog):
-    caplog.set_level(logging.WARNING)
-    limited = ResourceLimits(memory_bytes=64 * 2**20, cpus=0.5)
-    run(step("true", limits=limited))
-    run(step("true", limits=limited))
-    warnings = [r for r in caplog.records if "does not enforce" in r.getMessage()]
-    assert len(warnings) == 1
-    assert "CONVEYOR_EXECUTOR=docker" in warnings[0].getMessage()
-
-
 def test_missing_shell_is_an_infrastructure_error(job, step, tmp_path):
     executor = LocalExecutor(scripts_root=tmp_path / "jobs", shell="/nonexistent/sh")
     with pytest.raises(InfrastructureError):
@@ -110,16 +100,24 @@ def test_select_unknown_name_is_refused():
         select_executor("podman")
 
 
-def test_select_without_a_name_and_no_engine_falls_back_to_local_with_one_warning(
-    monkeypatch, caplog, tmp_path
-):
+def test_select_without_a_name_and_no_engine_refuses_and_names_the_local_opt_in(monkeypatch, tmp_path):
+    """Fail closed: an unset CONVEYOR_EXECUTOR never turns into unisolated local steps."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    with pytest.raises(InfrastructureError) as raised:
+        select_executor(None)
+    message = str(raised.value)
+    assert "CONVEYOR_EXECUTOR=local" in message and "\n" not in message
+
+
+def test_select_auto_without_an_engine_falls_back_to_local_with_one_warning(monkeypatch, caplog, tmp_path):
+    """`conveyor run` on one's own machine (embedded) keeps its documented default."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     caplog.set_level(logging.WARNING)
-    executor = select_executor(None)
+    executor = select_executor("auto")
     assert isinstance(executor, LocalExecutor)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "CONVEYOR_EXECUTOR" in warnings[0].getMessage()
+    assert "--executor" in warnings[0].getMessage()
 
 
 def test_select_docker_by_name_without_an_engine_fails_loudly(monkeypatch, tmp_path):
@@ -145,3 +143,48 @@ def test_reap_orphans_kills_only_this_workers_leftover_steps(job, step, tmp_path
     finally:
         previous_life.cleanup(other_worker)
         previous_life.cleanup(job)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root worker drops capabilities")
+def test_on_a_root_worker_steps_have_no_capabilities_and_cannot_regain_them(run, step):
+    result = run(step("grep -E 'CapEff|CapBnd|NoNewPrivs' /proc/self/status"))
+    assert result.outcome.succeeded, result.lines
+    fields = dict(line.split(":\t") for line in result.stdout[1:])
+    assert int(fields["CapEff"], 16) == 0 and int(fields["CapBnd"], 16) == 0
+    assert fields["NoNewPrivs"] == "1"
+
+
+def test_the_executor_process_is_not_dumpable(executor):
+    import ctypes
+
+    assert executor.non_dumpable
+    assert ctypes.CDLL(None).prctl(3, 0, 0, 0, 0) == 0  # PR_GET_DUMPABLE, asked of the kernel
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running steps as another user needs root")
+def test_a_local_user_runs_the_steps_and_gets_the_workspace_without_root_groups(step):
+    import shutil
+    import tempfile
+    import uuid
+
+    from worker.executors.contract import JobSpec
+
+    base = Path(tempfile.mkdtemp(prefix="conveyor-local-user-", dir="/tmp"))  # nobody can traverse it
+    os.chmod(base, 0o711)
+    try:
+        (base / "ws").mkdir()
+        (base / "ws" / "input.txt").write_text("from the source\n")
+        executor = LocalExecutor(scripts_root=base / "jobs")
+        job = JobSpec(run_id="r", job="j", workspace=base / "ws", worker_name=f"w-{uuid.uuid4().hex[:6]}",
+                      user="nobody")
+        executor.prepare(job)
+        try:
+            result = drive(executor, job, step("id -u", "id -G", "cat input.txt > copy.txt", 'touch "$HOME/x"'))
+        finally:
+            executor.cleanup(job)
+        assert result.outcome.succeeded, result.lines
+        assert result.stdout[1] == "65534" and result.stdout[3] == "65534"  # no gid 0 left over
+        assert (base / "ws" / "copy.txt").stat().st_uid == 65534
+        assert oct((base / "ws").stat().st_mode & 0o777) == "0o700"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from worker.executors.contract import JobSpec, ResourceLimits, StepSpec
 
-from worker.executors.support import LineSplitter, resolve_working_directory
+from worker.executors.support import LinePiece, LineSplitter, resolve_working_directory
 from worker.executors.scripts import build_script, echo_text, write_script
 
 text_without_nul = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)))
@@ -101,6 +101,25 @@ def test_chunking_never_changes_the_lines(data, cuts, max_chars):
         line[i : i + max_chars] for line in lines for i in range(0, max(len(line), 1), max_chars)
     ]
     assert split_all(data, cuts, max_chars) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.binary(max_size=200),
+    cuts=st.lists(st.integers(0, 200), max_size=8),
+    max_chars=st.integers(1, 20),
+)
+def test_every_chunk_but_a_lines_last_is_marked_as_continuing(data, cuts, max_chars):
+    """LogSink masks a cut line as one; it knows the cuts by the LinePiece type."""
+    cuts = [c for c in cuts if c <= len(data)]
+    text = data.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    expected = [
+        i + max_chars < len(line) for line in lines for i in range(0, max(len(line), 1), max_chars)
+    ]
+    assert [isinstance(chunk, LinePiece) for chunk in split_all(data, cuts, max_chars)] == expected
 
 
 def test_a_character_split_across_chunks_stays_whole():
