@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Cluster, running_cluster
+from tests.cluster import ROOT, Cluster, running_cluster
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Cluster, running_cluster
+from tests.cluster import ROOT, Cluster, running_cluster
 from tests.services import free_port, wait_for_port
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Cluster
+from tests.cluster import ROOT, Cluster
 from tests.services import REDIS_SERVER, free_port
 
 pytestmark = pytest.mark.slow

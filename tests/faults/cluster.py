@@ -9,7 +9,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Cluster, Worker
+from tests.cluster import ROOT, Cluster, Worker
 
 
 class ReapingWorker(Worker):

@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 
 from tests.faults.cluster import ReapingCluster
-from tests.e2e.conftest import running_cluster
+from tests.cluster import running_cluster
 
 _ROWS: list["FaultRow"] = []
 

@@ -265,7 +265,7 @@ def test_a_fork_bomb_stays_inside_the_pids_limit(tmp_path, docker_client, busybo
     """The bomb runs for 8 s under the job runner's limits (pids 64, half a CPU here, to be
     kind to a shared machine), its shell kept alive by a loop of builtins (it cannot fork
     any more); a monitor reads the container's pid count from the engine."""
-    from tests.worker.executors.conftest import drive
+    from tests.worker.executors.contract_suite import drive
     from worker.executors.contract import JobSpec, StepSpec
     from worker.executors.docker import DockerExecutor
 

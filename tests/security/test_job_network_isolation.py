@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker.executors.conftest import drive
+from tests.worker.executors.contract_suite import drive
 from worker.executors.contract import ISOLATED_NETWORK, JobSpec, StepSpec
 from worker.executors.docker import LABEL_WORKER, DockerExecutor
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster
+from tests.cluster import Cluster
 from tests.services import start_redis
 
 PASSWORD = "redis-pw-local-5e6f7a"
@@ -124,7 +124,7 @@ SAME_UID_WORKER = textwrap.dedent("""
     import worker.executors.local as local
     if sys.argv[1] == "dumpable":
         local.make_non_dumpable = lambda: False  # the control: an ordinary process
-    from tests.worker.executors.conftest import drive
+    from tests.worker.executors.contract_suite import drive
     from worker.executors.contract import JobSpec, StepSpec
     executor = local.LocalExecutor(scripts_root=Path(sys.argv[2]) / "jobs")
     workspace = Path(sys.argv[2]) / "ws"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.services import start_haproxy
-from tests.e2e.conftest import running_cluster
+from tests.cluster import running_cluster
 from tests.services import free_port
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.e2e.conftest import running_cluster
+from tests.cluster import running_cluster
 from worker.executors.support import DEFAULT_MAX_LINE_CHARS, LineSplitter
 from worker.logs import LogSink
 from worker.secrets import Masker

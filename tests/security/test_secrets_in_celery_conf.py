@@ -22,7 +22,7 @@ import pytest
 
 from shared.celery_app import create_app
 from shared.config import load_settings
-from tests.e2e.conftest import Cluster
+from tests.cluster import Cluster
 from tests.services import free_port, start_redis, wait_for_port
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ from shared.config import Settings
 from shared.state import JobMeta
 from shared.state.base import FAILED, PENDING, RETRYING, RUNNING, SUCCESS, AttemptRecord, JobRecord
 from shared.state.redis import RedisState, lease_key
-from tests.e2e.conftest import ROOT
+from tests.cluster import ROOT
 from tests.services import start_redis
 from worker.reaper import BrokerKeys, Reaper, parse_entry, reaper_timing, restore_reason, start_reaper
 
@@ -449,7 +449,7 @@ def wait_running(url: str, run_id: str, job: str, timeout: float = 30) -> None:
 
 @pytest.fixture
 def reaping_cluster(tmp_path: Path):
-    from tests.e2e.conftest import running_cluster
+    from tests.cluster import running_cluster
     from tests.faults.cluster import ReapingCluster
 
     with running_cluster(tmp_path, "local", ReapingCluster) as cluster:

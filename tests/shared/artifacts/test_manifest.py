@@ -20,7 +20,7 @@ from shared.artifacts import (
     upload_tree,
 )
 from shared.artifacts.manifest import ManifestError, check_member_path
-from tests.shared.artifacts.conftest import corrupt
+from tests.shared.artifacts.store_faults import corrupt
 
 
 def make_tree(root: Path) -> Path:

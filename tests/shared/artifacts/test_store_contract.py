@@ -12,7 +12,8 @@ import pytest
 from shared.artifacts import IntegrityError, ObjectInfo, ObjectNotFound, ObjectStore, object_key, open_store
 from shared.artifacts.filesystem import FilesystemStore
 from shared.artifacts.s3 import S3Store
-from tests.shared.artifacts.conftest import TEST_PART_SIZE, corrupt, leftovers
+from tests.services import TEST_PART_SIZE
+from tests.shared.artifacts.store_faults import corrupt, leftovers
 
 
 def sha(data: bytes) -> str:

@@ -13,7 +13,7 @@ import docker.errors
 import pytest
 
 from shared.hardening import DEFAULT_CAP_DROP
-from tests.worker.executors.conftest import Contract, drive
+from tests.worker.executors.contract_suite import Contract, drive
 from worker.executors import select_executor
 from worker.executors.contract import InfrastructureError, ResourceLimits, StepSpec
 from worker.executors.docker import (

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker.executors.conftest import Contract, drive
+from tests.worker.executors.contract_suite import Contract, drive
 from worker.executors import select_executor
 from worker.executors.contract import InfrastructureError, ResourceLimits
 from worker.executors.local import DEFAULT_PATH, LocalExecutor
