@@ -7,10 +7,11 @@ disagree about the rules.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal, Mapping, Protocol, Sequence
+from typing import Any, Literal, Mapping, Protocol, Sequence, get_args
 
 # Job statuses (pipeline-format.md, "Job statuses").
 PENDING = "pending"
@@ -40,21 +41,40 @@ FINISH_STATUSES = frozenset({SUCCESS, FAILED, RETRYING, CANCELLED})
 RUN_STATUSES = frozenset({RUNNING, SUCCESS, FAILED, CANCELLED})
 
 # Why a job did not succeed (cli-and-config.md); a typo here would silently break dashboards.
+# The Redis scripts get every name below as a generated Lua local (shared/state/redis.py,
+# `lua_names`), so neither language spells one twice.
+REASON_SCRIPT_FAILURE = "script_failure"
+REASON_TIMEOUT = "timeout"
+REASON_OOM = "oom"
+REASON_IMAGE_PULL_FAILURE = "image_pull_failure"
+REASON_INFRASTRUCTURE = "infrastructure"
+REASON_WORKER_LOST = "worker_lost"
+REASON_CANCELLED = "cancelled"
+REASON_UPSTREAM_FAILED = "upstream_failed"
+REASON_CONDITION_FALSE = "condition_false"
+REASON_INTEGRITY_ERROR = "integrity_error"
 REASONS = frozenset(
     {
-        "script_failure",
-        "timeout",
-        "oom",
-        "image_pull_failure",
-        "infrastructure",
-        "worker_lost",
-        "cancelled",
-        "upstream_failed",
-        "condition_false",
-        "integrity_error",
+        REASON_SCRIPT_FAILURE,
+        REASON_TIMEOUT,
+        REASON_OOM,
+        REASON_IMAGE_PULL_FAILURE,
+        REASON_INFRASTRUCTURE,
+        REASON_WORKER_LOST,
+        REASON_CANCELLED,
+        REASON_UPSTREAM_FAILED,
+        REASON_CONDITION_FALSE,
+        REASON_INTEGRITY_ERROR,
     }
 )
-SKIP_REASONS = frozenset({"condition_false", "upstream_failed"})
+SKIP_REASONS = frozenset({REASON_CONDITION_FALSE, REASON_UPSTREAM_FAILED})
+
+# Why `claim` refused (`Refusal.reason`); see docs/state.md "Job state machine".
+REFUSED_FINISHED = "finished"  # the job is terminal: a redelivered message must not run it again
+REFUSED_LEASED = "leased"  # another attempt's lease is alive
+REFUSED_CANCELLED = "cancelled"  # the run is being cancelled; the job became cancelled
+REFUSED_WORKER_LOST = "worker_lost"  # one lost worker too many; the job became failed
+REFUSALS = frozenset({REFUSED_FINISHED, REFUSED_LEASED, REFUSED_CANCELLED, REFUSED_WORKER_LOST})
 
 DEFAULT_RETENTION_S = 30 * 24 * 3600
 
@@ -62,6 +82,16 @@ DEFAULT_RETENTION_S = 30 * 24 * 3600
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 HeartbeatResult = Literal["ok", "lost", "cancel"]
+HEARTBEAT_OK: HeartbeatResult = "ok"
+HEARTBEAT_LOST: HeartbeatResult = "lost"  # the token is no longer current: stop, write nothing
+HEARTBEAT_CANCEL: HeartbeatResult = "cancel"  # lease extended, but the run is being cancelled
+HEARTBEAT_RESULTS = frozenset(get_args(HeartbeatResult))
+
+# Exit codes as executors report them: POSIX statuses, negated signal numbers, Windows'
+# 32-bit unsigned codes. Wider values are caller bugs, and the backends cannot store them
+# alike (Redis's cjson keeps 14 significant digits, SQLite's INTEGER 64 bits).
+EXIT_CODE_MIN = -(2**31)
+EXIT_CODE_MAX = 2**32 - 1
 
 
 class StateError(Exception):
@@ -85,10 +115,21 @@ def can_transition(current: str, target: str) -> bool:
     return target in JOB_TRANSITIONS.get(current, frozenset())
 
 
+def run_counters(status: str, allow_failure: bool) -> tuple[int, int]:
+    """What a job that just became terminal with `status` adds to its run's (failed, cancelled)
+    counters, from which `run_outcome` decides the run's status when the last job ends.
+
+    The Redis scripts receive this as a generated table (every terminal status, both values of
+    allow_failure), so the rule is written here only.
+    """
+    return int(status == FAILED and not allow_failure), int(status == CANCELLED)
+
+
 def run_outcome(failed_jobs: int, cancelled_jobs: int, cancel_requested: bool) -> str:
     """The status of a run whose jobs are all terminal.
 
-    `failed_jobs` excludes jobs created with allow_failure=True.
+    `failed_jobs` excludes jobs created with allow_failure=True. The Redis scripts receive
+    this as a generated table over (failed > 0, cancelled > 0, cancel_requested).
     """
     if failed_jobs == 0 and cancelled_jobs == 0:
         return SUCCESS
@@ -129,6 +170,54 @@ def check_finish_status(status: str) -> None:
     """Refuse statuses `finish` can never write (a caller bug, not a state-dependent refusal)."""
     if status not in FINISH_STATUSES:
         raise ValueError(f"finish cannot set status {status!r}; expected one of {sorted(FINISH_STATUSES)}")
+
+
+def check_exit_code(exit_code: int | None) -> None:
+    """Refuse exit codes no executor reports (bools included: True is not exit code 1)."""
+    if exit_code is None:
+        return
+    if not isinstance(exit_code, int) or isinstance(exit_code, bool):
+        raise TypeError(f"exit_code must be an int or None, got {type(exit_code).__name__}")
+    if not EXIT_CODE_MIN <= exit_code <= EXIT_CODE_MAX:
+        raise ValueError(f"exit_code {exit_code} outside [{EXIT_CODE_MIN}, {EXIT_CODE_MAX}]")
+
+
+def check_lease_ms(lease_ms: int) -> int:
+    """A lease as whole milliseconds, at least 1: a lease that is over before it starts is a
+    caller bug (and Redis refuses `PX 0`, where SQLite would store an expired lease)."""
+    if isinstance(lease_ms, bool) or not isinstance(lease_ms, (int, float)) or not math.isfinite(lease_ms):
+        raise TypeError(f"lease_ms must be a finite number, got {lease_ms!r}")
+    if int(lease_ms) < 1:
+        raise ValueError(f"lease_ms must be at least 1, got {lease_ms!r}")
+    return int(lease_ms)
+
+
+def check_count(count: int) -> None:
+    """read_logs reads at least one entry per call (Redis's XREAD refuses COUNT 0)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be a positive int, got {count!r}")
+
+
+def finish_args(
+    status: str, exit_code: int | None, reason: str | None, retry_delay: float | None
+) -> tuple[str | None, float | None]:
+    """Check `finish`'s arguments and resolve what they imply, once for both backends.
+
+    Returns the reason and retry delay to record: `cancelled` without a reason records
+    reason `cancelled`; a retry delay is kept only when the attempt ends `retrying`, as a
+    float (seconds, finite, not negative).
+    """
+    check_finish_status(status)
+    check_exit_code(exit_code)
+    check_reason(reason)
+    if retry_delay is not None:
+        if isinstance(retry_delay, bool) or not isinstance(retry_delay, (int, float)):
+            raise TypeError(f"retry_delay must be a number of seconds or None, got {type(retry_delay).__name__}")
+        if not math.isfinite(retry_delay) or retry_delay < 0:
+            raise ValueError(f"retry_delay must be finite and not negative, got {retry_delay!r}")
+    if reason is None and status == CANCELLED:
+        reason = REASON_CANCELLED
+    return reason, float(retry_delay) if status == RETRYING and retry_delay is not None else None
 
 
 @dataclass(frozen=True)
@@ -191,7 +280,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class Refusal:
-    """A claim that was refused: `leased`, `finished`, `cancelled` or `worker_lost`."""
+    """A claim that was refused: one of `REFUSALS` (`leased`, `finished`, `cancelled`, `worker_lost`)."""
 
     reason: str
 

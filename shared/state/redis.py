@@ -20,7 +20,9 @@ values, and key names show up in monitoring tools and `redis-cli --bigkeys`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -31,7 +33,12 @@ import redis as redis_py
 
 from shared.state.base import (
     DEFAULT_RETENTION_S,
+    HEARTBEAT_RESULTS,
+    JOB_STATUSES,
     JOB_TRANSITIONS,
+    PENDING,
+    REASONS,
+    REFUSALS,
     TERMINAL,
     AttemptRecord,
     Claim,
@@ -45,12 +52,15 @@ from shared.state.base import (
     RunRecord,
     UnknownJob,
     UnknownRun,
+    check_count,
     check_create_args,
-    check_finish_status,
-    check_reason,
+    check_lease_ms,
     check_run_id,
     check_skip_reason,
+    finish_args,
     iso_ms,
+    run_counters,
+    run_outcome,
 )
 
 PREFIX = "conveyor:"
@@ -60,6 +70,25 @@ TOKEN_KEY = PREFIX + "token"
 LOG_BATCH = 500
 SOCKET_TIMEOUT_S = 5.0
 _CACHE_RUNS = 1024
+
+# What a script's reply starts with, and why it failed: the protocol between this module
+# and lua/*.lua, generated into the scripts like every name in `lua_names`.
+REPLY_OK = "ok"
+REPLY_ERR = "err"
+REPLY_CLAIMED = "claimed"
+REPLY_REFUSED = "refused"
+REPLY_RETRY = "retry"  # claim: a newer token reached the job first; draw another
+ERR_NO_RUN = "no_run"
+ERR_NO_JOB = "no_job"
+ERR_KEYS = "keys"  # the caller's cached job list is stale; refresh and call again
+# The run hash's job counters (docs/state.md, key layout); two are named after the statuses
+# they count, so they come from here too rather than being spelled in Lua.
+FIELD_OPEN = "open"
+FIELD_FAILED = "failed"
+FIELD_CANCELLED = "cancelled"
+
+# Names a generated Lua local may carry: a value goes between single quotes unescaped.
+_LUA_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 def run_key(run_id: str, part: str) -> str:
@@ -86,17 +115,64 @@ def _lua_source(name: str) -> str:
     return resources.files("shared.state").joinpath("lua", name).read_text(encoding="utf-8")
 
 
+def lua_locals(names: Mapping[str, str]) -> str:
+    """`local NAME = 'value'` per entry: how a script gets a name Python owns without spelling it.
+
+    A misspelt local in a script reads an undeclared global, which Redis refuses at run time;
+    tests/shared/state/test_lua_names.py also checks every use statically.
+    """
+    lines = []
+    for local, value in sorted(names.items()):
+        if not (_LUA_NAME.fullmatch(local) and _LUA_NAME.fullmatch(value)):
+            raise ValueError(f"cannot generate Lua local {local!r} = {value!r}")
+        lines.append(f"local {local} = '{value}'\n")
+    return "".join(lines)
+
+
+def lua_names() -> dict[str, str]:
+    """Every status, reason, refusal, heartbeat answer, reply tag and counter field the state
+    scripts use, by the local name they use it under. Lua never spells one of these itself."""
+    groups = {
+        "STATUS": JOB_STATUSES,
+        "REASON": REASONS,
+        "REFUSED": REFUSALS,
+        "HEARTBEAT": HEARTBEAT_RESULTS,
+        "REPLY": (REPLY_OK, REPLY_ERR, REPLY_CLAIMED, REPLY_REFUSED, REPLY_RETRY),
+        "ERR": (ERR_NO_RUN, ERR_NO_JOB, ERR_KEYS),
+        "FIELD": (FIELD_OPEN, FIELD_FAILED, FIELD_CANCELLED),
+    }
+    return {f"{group}_{value.upper()}": value for group, values in groups.items() for value in values}
+
+
 def _machine_header() -> str:
-    """The state machine as Lua tables, generated from base.py so both agree by construction."""
+    """The state machine as Lua tables, generated from base.py so both agree by construction.
+
+    Also the names (`lua_names`) and the run-end rules: `RUN_COUNTS[status][allow_failure]`
+    is `run_counters` for every terminal status, `RUN_OUTCOME[f .. c .. r]` is `run_outcome`
+    with '1'/'0' for failed > 0, cancelled > 0 and cancel_requested (it only compares the
+    counters with zero; tests/shared/state/test_lua_names.py checks that it still does).
+    """
     machine = {src: {dst: True for dst in sorted(dsts)} for src, dsts in JOB_TRANSITIONS.items()}
     terminal = {s: True for s in sorted(TERMINAL)}
+    counts = {
+        status: {json.dumps(allow): list(run_counters(status, allow)) for allow in (False, True)}
+        for status in sorted(TERMINAL)
+    }
+    outcome = {
+        f"{int(failed)}{int(cancelled)}{int(requested)}": run_outcome(int(failed), int(cancelled), requested)
+        for failed, cancelled, requested in itertools.product((False, True), repeat=3)
+    }
     return (
         f"local MACHINE = cjson.decode([==[{json.dumps(machine)}]==])\n"
         f"local TERMINAL = cjson.decode([==[{json.dumps(terminal)}]==])\n"
+        f"local RUN_COUNTS = cjson.decode([==[{json.dumps(counts)}]==])\n"
+        f"local RUN_OUTCOME = cjson.decode([==[{json.dumps(outcome)}]==])\n"
+        + lua_locals(lua_names())
     )
 
 
-def _script_text(name: str) -> str:
+def script_text(name: str) -> str:
+    """The full text Redis runs for lua/`name`: generated header, prelude, the script."""
     return _machine_header() + _lua_source("_prelude.lua") + "\n" + _lua_source(name)
 
 
@@ -122,7 +198,7 @@ class RedisState:
         # A blocking XREAD longer than the socket timeout would raise; long waits are sliced.
         self._block_slice_ms = 1000 if timeout is None else max(1, min(1000, int(timeout * 500)))
         self._scripts = {
-            name: self.client.register_script(_script_text(name + ".lua"))
+            name: self.client.register_script(script_text(name + ".lua"))
             for name in ("create_run", "claim", "heartbeat", "finish", "skip", "cancel", "append_logs")
         }
         # A run's job set never changes after creation, so its log keys can be cached.
@@ -154,17 +230,17 @@ class RedisState:
         for refresh in (False, True):
             keys = self._base_keys(run_id) + lease + self._run_log_keys(run_id, refresh)
             result = self._scripts[script](keys=keys, args=args)
-            if isinstance(result, list) and result[:2] == ["err", "keys"]:
+            if isinstance(result, list) and result[:2] == [REPLY_ERR, ERR_KEYS]:
                 continue
             return result
         raise RuntimeError(f"job list of run {run_id} keeps changing")  # pragma: no cover
 
     @staticmethod
     def _raise_err(result: Any, run_id: str, job: str | None = None) -> None:
-        if isinstance(result, list) and result and result[0] == "err":
-            if result[1] == "no_run":
+        if isinstance(result, list) and result and result[0] == REPLY_ERR:
+            if result[1] == ERR_NO_RUN:
                 raise UnknownRun(run_id)
-            if result[1] == "no_job":
+            if result[1] == ERR_NO_JOB:
                 raise UnknownJob(f"{run_id}: {job}")
             raise RuntimeError(f"state script error: {result[1]}")
 
@@ -185,7 +261,7 @@ class RedisState:
         for position, (name, job_meta) in enumerate(jobs.items()):
             record = {
                 "position": position,
-                "status": "pending",
+                "status": PENDING,
                 "attempt": 0,
                 "worker": None,
                 "started_at": None,
@@ -244,7 +320,12 @@ class RedisState:
         if names is not None:
             # Only the jobs asked for: a job start reads its ancestors, not the whole run.
             wanted = list(dict.fromkeys(names))
-            values = self.client.hmget(run_key(run_id, "jobs"), wanted) if wanted else []
+            if not wanted:
+                # No job asked for is still a question about the run: an unknown one raises.
+                if not self.client.exists(run_key(run_id, "jobs")):
+                    raise UnknownRun(run_id)
+                return {}
+            values = self.client.hmget(run_key(run_id, "jobs"), wanted)
             if wanted and all(v is None for v in values) and not self.client.exists(run_key(run_id, "jobs")):
                 raise UnknownRun(run_id)
             missing = [name for name, v in zip(wanted, values) if v is None]
@@ -281,22 +362,24 @@ class RedisState:
         self, run_id: str, job: str, worker: str, lease_ms: int, max_lost: int = 1
     ) -> Claim | Refusal:
         check_run_id(run_id)
+        lease_ms = check_lease_ms(lease_ms)
         while True:
             token = self.client.incr(TOKEN_KEY)
             result = self._run_ending(
-                "claim", run_id, [lease_key(run_id, job)], [job, worker, int(lease_ms), int(max_lost), token]
+                "claim", run_id, [lease_key(run_id, job)], [job, worker, lease_ms, int(max_lost), token]
             )
             self._raise_err(result, run_id, job)
-            if result[0] == "claimed":
+            if result[0] == REPLY_CLAIMED:
                 return Claim(token=int(result[1]), attempt=int(result[2]))
-            if result[0] == "refused":
+            if result[0] == REPLY_REFUSED:
                 return Refusal(result[1])
-            # "retry": a newer token reached this job first; draw another.
+            # REPLY_RETRY: a newer token reached this job first; draw another.
 
     def heartbeat(self, run_id: str, job: str, token: int, lease_ms: int) -> HeartbeatResult:
         check_run_id(run_id)
+        lease_ms = check_lease_ms(lease_ms)
         keys = [run_key(run_id, "run"), run_key(run_id, "jobs"), lease_key(run_id, job)]
-        return self._scripts["heartbeat"](keys=keys, args=[job, int(token), int(lease_ms)])
+        return self._scripts["heartbeat"](keys=keys, args=[job, int(token), lease_ms])
 
     def finish(
         self,
@@ -309,14 +392,16 @@ class RedisState:
         retry_delay: float | None = None,
     ) -> bool:
         check_run_id(run_id)
-        check_finish_status(status)
-        check_reason(reason)
+        reason, retry_delay = finish_args(status, exit_code, reason, retry_delay)
+        # repr() of a float round-trips exactly; the script stores the string as it is, since
+        # cjson would round a number to 14 significant digits (SQLite keeps all 17).
+        delay = "" if retry_delay is None else repr(retry_delay)
         try:
             result = self._run_ending(
                 "finish",
                 run_id,
                 [lease_key(run_id, job)],
-                [job, int(token), status, _opt(exit_code), _opt(reason), _opt(retry_delay)],
+                [job, int(token), status, _opt(exit_code), _opt(reason), delay],
             )
         except UnknownRun:
             return False  # expired run: nothing to write, as for a stale token
@@ -341,7 +426,8 @@ class RedisState:
     def append_logs(self, run_id: str, job: str, entries: Sequence[tuple[str, str]]) -> None:
         check_run_id(run_id)
         keys = [run_key(run_id, "run"), run_key(run_id, "jobs"), log_key(run_id, job)]
-        for start in range(0, len(entries), LOG_BATCH):
+        # At least one call, so that no entries still checks the run and job exist.
+        for start in range(0, max(len(entries), 1), LOG_BATCH):
             args: list[str] = [job]
             for stream, text in entries[start : start + LOG_BATCH]:
                 args += [stream, text]
@@ -356,6 +442,7 @@ class RedisState:
         block_ms: int = 0,
     ) -> tuple[list[LogEntry], str]:
         check_run_id(run_id)
+        check_count(count)
         items, cursor = self._read_stream(log_key(run_id, job), after, count, block_ms)
         return [LogEntry(f["stream"], f["text"], iso_ms(_stream_ms(i))) for i, f in items], cursor
 
@@ -396,7 +483,7 @@ def _job_record(name: str, data: dict[str, Any]) -> JobRecord:
             status=a["status"],
             exit_code=a["exit_code"],
             reason=a["reason"],
-            retry_delay=a["retry_delay"],
+            retry_delay=_seconds(a["retry_delay"]),
         )
         for a in (data["attempts"] or [])
     ]
@@ -412,6 +499,11 @@ def _job_record(name: str, data: dict[str, Any]) -> JobRecord:
         allow_failure=data["allow_failure"],
         attempts=attempts,
     )
+
+
+def _seconds(value: str | float | None) -> float | None:
+    """A retry delay as stored: the repr of a float (or a number, as older versions wrote it)."""
+    return None if value is None else float(value)
 
 
 def _event(fields: dict[str, str]) -> Event:

@@ -18,7 +18,16 @@ from shared.state.base import (
     CANCELLED,
     DEFAULT_RETENTION_S,
     FAILED,
+    HEARTBEAT_CANCEL,
+    HEARTBEAT_LOST,
+    HEARTBEAT_OK,
     PENDING,
+    REASON_CANCELLED,
+    REASON_WORKER_LOST,
+    REFUSED_CANCELLED,
+    REFUSED_FINISHED,
+    REFUSED_LEASED,
+    REFUSED_WORKER_LOST,
     RETRYING,
     RUNNING,
     SKIPPED,
@@ -36,12 +45,14 @@ from shared.state.base import (
     UnknownJob,
     UnknownRun,
     can_transition,
+    check_count,
     check_create_args,
-    check_finish_status,
-    check_reason,
+    check_lease_ms,
     check_run_id,
     check_skip_reason,
+    finish_args,
     iso_ms,
+    run_counters,
     run_outcome,
 )
 
@@ -122,6 +133,15 @@ INSERT OR IGNORE INTO counters (name, value) VALUES ('token', 0);
 POLL_S = 0.05
 
 
+def _visible(table: str) -> str:
+    """A condition on `table`'s rows: their run has not expired (the parameter is now, epoch ms).
+
+    Logs and events of an expired run stay until the next create_run sweeps them, but are
+    invisible before that, like the run itself (and like Redis, where they expire with it).
+    """
+    return f"NOT EXISTS (SELECT 1 FROM runs WHERE runs.run_id = {table}.run_id AND runs.expires_at <= ?)"
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -168,8 +188,7 @@ class SQLiteState:
 
     def _job_terminal(self, db: sqlite3.Connection, run_id: str, status: str, allow_failure: bool, now: int) -> None:
         """Bookkeeping for a job that just became terminal; ends the run with its last job."""
-        failed = int(status == FAILED and not allow_failure)
-        cancelled = int(status == CANCELLED)
+        failed, cancelled = run_counters(status, allow_failure)
         db.execute(
             "UPDATE runs SET open_jobs = open_jobs - 1, failed_jobs = failed_jobs + ?,"
             " cancelled_jobs = cancelled_jobs + ? WHERE run_id = ?",
@@ -266,6 +285,7 @@ class SQLiteState:
         self, run_id: str, job: str, worker: str, lease_ms: int, max_lost: int = 1
     ) -> Claim | Refusal:
         check_run_id(run_id)
+        lease_ms = check_lease_ms(lease_ms)
         with self._db.transaction() as db:
             now = _now_ms()
             run = self._run_row(db, run_id, now)
@@ -274,23 +294,23 @@ class SQLiteState:
             row = self._job_row(db, run_id, job)
             src = row["status"]
             if src in TERMINAL:
-                return Refusal("finished")  # a redelivered message must not run the job again
+                return Refusal(REFUSED_FINISHED)  # a redelivered message must not run the job again
             if src == RUNNING and row["lease_expires_at"] is not None and row["lease_expires_at"] > now:
-                return Refusal("leased")
+                return Refusal(REFUSED_LEASED)
             lost = row["lost"]
             if src == RUNNING:
                 # The lease expired without a finish: the worker holding it is gone.
                 lost += 1
                 db.execute(
-                    "UPDATE attempts SET status = ?, reason = 'worker_lost', finished_at = ?"
+                    "UPDATE attempts SET status = ?, reason = ?, finished_at = ?"
                     " WHERE run_id = ? AND job = ? AND number = ?",
-                    (FAILED, now, run_id, job, row["attempt"]),
+                    (FAILED, REASON_WORKER_LOST, now, run_id, job, row["attempt"]),
                 )
             refusal = None
             if run["cancel_requested"]:
-                status, reason, refusal = CANCELLED, "cancelled", "cancelled"
+                status, reason, refusal = CANCELLED, REASON_CANCELLED, REFUSED_CANCELLED
             elif src == RUNNING and lost > max_lost:
-                status, reason, refusal = FAILED, "worker_lost", "worker_lost"
+                status, reason, refusal = FAILED, REASON_WORKER_LOST, REFUSED_WORKER_LOST
             if refusal is not None:
                 self._set_job(db, run_id, job, status=status, reason=reason, finished_at=now,
                               lost=lost, lease_expires_at=None)
@@ -310,22 +330,23 @@ class SQLiteState:
             self._set_job(
                 db, run_id, job, status=RUNNING, attempt=attempt, worker=worker, token=token, lost=lost,
                 started_at=row["started_at"] if row["started_at"] is not None else now,
-                finished_at=None, exit_code=None, reason=None, lease_expires_at=now + int(lease_ms),
+                finished_at=None, exit_code=None, reason=None, lease_expires_at=now + lease_ms,
             )
-            self._emit(db, run_id, job, src, RUNNING, now, attempt, "worker_lost" if src == RUNNING else None)
+            self._emit(db, run_id, job, src, RUNNING, now, attempt, REASON_WORKER_LOST if src == RUNNING else None)
             return Claim(token=token, attempt=attempt)
 
     def heartbeat(self, run_id: str, job: str, token: int, lease_ms: int) -> HeartbeatResult:
         check_run_id(run_id)
+        lease_ms = check_lease_ms(lease_ms)
         with self._db.transaction() as db:
             now = _now_ms()
             run = self._run_row(db, run_id, now)
             row = db.execute("SELECT * FROM jobs WHERE run_id = ? AND name = ?", (run_id, job)).fetchone()
             # The token, not the lease, decides: an expired lease nobody re-claimed is still ours.
             if run is None or row is None or row["status"] != RUNNING or row["token"] != token:
-                return "lost"
-            self._set_job(db, run_id, job, lease_expires_at=now + int(lease_ms))
-            return "cancel" if run["cancel_requested"] else "ok"
+                return HEARTBEAT_LOST
+            self._set_job(db, run_id, job, lease_expires_at=now + lease_ms)
+            return HEARTBEAT_CANCEL if run["cancel_requested"] else HEARTBEAT_OK
 
     def finish(
         self,
@@ -338,10 +359,7 @@ class SQLiteState:
         retry_delay: float | None = None,
     ) -> bool:
         check_run_id(run_id)
-        check_finish_status(status)
-        check_reason(reason)
-        if reason is None and status == CANCELLED:
-            reason = "cancelled"
+        reason, retry_delay = finish_args(status, exit_code, reason, retry_delay)
         with self._db.transaction() as db:
             now = _now_ms()
             if self._run_row(db, run_id, now) is None:
@@ -356,8 +374,7 @@ class SQLiteState:
                 db.execute(
                     "UPDATE attempts SET status = ?, finished_at = ?, exit_code = ?, reason = ?, retry_delay = ?"
                     " WHERE run_id = ? AND job = ? AND number = ?",
-                    (status, now, exit_code, reason, retry_delay if status == RETRYING else None,
-                     run_id, job, row["attempt"]),
+                    (status, now, exit_code, reason, retry_delay, run_id, job, row["attempt"]),
                 )
                 fields.update(exit_code=exit_code, reason=reason, lease_expires_at=None)
             else:
@@ -405,8 +422,10 @@ class SQLiteState:
                 if row["status"] == RUNNING:
                     running.append(row["name"])
                 elif can_transition(row["status"], CANCELLED):
-                    self._set_job(db, run_id, row["name"], status=CANCELLED, reason="cancelled", finished_at=now)
-                    self._emit(db, run_id, row["name"], row["status"], CANCELLED, now, row["attempt"], "cancelled")
+                    self._set_job(db, run_id, row["name"], status=CANCELLED, reason=REASON_CANCELLED,
+                                  finished_at=now)
+                    self._emit(db, run_id, row["name"], row["status"], CANCELLED, now, row["attempt"],
+                               REASON_CANCELLED)
                     self._job_terminal(db, run_id, CANCELLED, bool(row["allow_failure"]), now)
             return running
 
@@ -433,8 +452,9 @@ class SQLiteState:
         block_ms: int = 0,
     ) -> tuple[list[LogEntry], str]:
         check_run_id(run_id)
+        check_count(count)
         rows, cursor = self._poll(
-            "SELECT * FROM logs WHERE run_id = ? AND job = ? AND id > ? ORDER BY id LIMIT ?",
+            "SELECT * FROM logs WHERE run_id = ? AND job = ? AND id > ? AND " + _visible("logs") + " ORDER BY id LIMIT ?",
             (run_id, job), after, count, block_ms,
         )
         return [LogEntry(r["stream"], r["text"], iso_ms(r["at"])) for r in rows], cursor
@@ -444,7 +464,7 @@ class SQLiteState:
     ) -> tuple[list[Event], str]:
         check_run_id(run_id)
         rows, cursor = self._poll(
-            "SELECT * FROM events WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?",
+            "SELECT * FROM events WHERE run_id = ? AND id > ? AND " + _visible("events") + " ORDER BY id LIMIT ?",
             (run_id,), after, 1000, block_ms,
         )
         events = [
@@ -456,11 +476,12 @@ class SQLiteState:
     def _poll(
         self, sql: str, params: tuple, after: str | None, count: int, block_ms: int
     ) -> tuple[list[sqlite3.Row], str]:
+        """Rows of `sql` (params, then the cursor, now for `_visible`, and the count)."""
         cursor = after or "0"
         deadline = time.monotonic() + block_ms / 1000
         db = self._db.conn()
         while True:
-            rows = db.execute(sql, (*params, int(cursor), count)).fetchall()
+            rows = db.execute(sql, (*params, int(cursor), _now_ms(), count)).fetchall()
             if rows:
                 return rows, str(rows[-1]["id"])
             remaining = deadline - time.monotonic()

@@ -7,6 +7,7 @@ they refuse the same inputs.
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Collection
 
@@ -28,6 +29,8 @@ __all__ = [
 
 # Lock names become Redis key names.
 LOCK_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Sizes and file counts are stored as SQLite INTEGERs (64-bit signed).
+MAX_COUNT = 2**63 - 1
 
 
 class UnknownRecord(LookupError):
@@ -65,13 +68,39 @@ def check_key(run_id: str, job: str, kind: str) -> None:
         raise ValueError(f"unknown artifact kind {kind!r}; expected one of {sorted(KINDS)}")
 
 
+def check_seconds(what: str, value: float) -> None:
+    """Refuse a time or TTL that is not a finite number of seconds. NaN would be stored as
+    NULL by SQLite (refused, or read back as "never expires") and as "nan" by Redis, and an
+    infinite TTL overflows Redis's milliseconds while SQLite would keep it forever."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, got {value!r}")
+
+
+def check_record(record: ArtifactRecord) -> None:
+    """Refuse a record either backend could not store, or would store differently."""
+    check_key(record.run_id, record.job, record.kind)
+    for what in ("size", "files"):
+        value = getattr(record, what)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+        if not 0 <= value <= MAX_COUNT:
+            raise ValueError(f"{what} {value} outside [0, {MAX_COUNT}]")
+    check_seconds("created_at", record.created_at)
+    check_seconds("last_access", record.last_access)
+    if record.expire_at is not None:
+        check_seconds("expire_at", record.expire_at)
+
+
 def reserved_digests(record: ArtifactRecord, digests: Collection[str]) -> list[str]:
-    """The distinct digests a reservation references, sorted, always including the manifest's.
+    """Check `record`; the distinct digests its reservation references, sorted, always
+    including the manifest's.
 
     The manifest is added even when the caller forgot it: an unreferenced manifest would be
     collected while the record still points at it.
     """
-    check_key(record.run_id, record.job, record.kind)
+    check_record(record)
     if isinstance(digests, str):
         raise TypeError("digests must be a collection of digests, not one string")
     wanted = {check_digest(d) for d in digests}

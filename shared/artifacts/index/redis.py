@@ -27,10 +27,10 @@ from typing import Any, Callable, Collection, Iterator, Sequence
 import redis as redis_py
 
 from shared.artifacts.base import check_digest
-from shared.artifacts.index import UnknownRecord, check_key, check_lock_name, reserved_digests
+from shared.artifacts.index import UnknownRecord, check_key, check_lock_name, check_seconds, reserved_digests
 from shared.artifacts.index.base import TOMBSTONE_TTL_S, ArtifactRecord
 from shared.state.base import check_run_id
-from shared.state.redis import SOCKET_TIMEOUT_S, job_digest
+from shared.state.redis import ERR_KEYS, REPLY_ERR, REPLY_OK, SOCKET_TIMEOUT_S, job_digest, lua_locals
 
 PREFIX = "conveyor:art:{idx}:"
 RECORDS_KEY = PREFIX + "records"
@@ -41,6 +41,12 @@ PAGE_SIZE = 500
 _MAX_ATTEMPTS = 10
 _SCRIPTS = ("reserve", "delete", "complete", "touch", "begin_delete", "acquire_lock", "release_lock")
 _WITH_PRELUDE = {"reserve", "delete"}
+
+
+def lua_names() -> dict[str, str]:
+    """The reply tags the index scripts share with this module (the state store's), by the
+    Lua local they are generated as: Lua never spells one itself."""
+    return {"REPLY_OK": REPLY_OK, "REPLY_ERR": REPLY_ERR, "ERR_KEYS": ERR_KEYS}
 
 
 def record_key(run_id: str, job: str, kind: str) -> str:
@@ -78,12 +84,14 @@ def lock_key(name: str) -> str:
     return f"{PREFIX}lock:{name}"
 
 
-def _script_text(name: str) -> str:
+def script_text(name: str) -> str:
+    """The full text Redis runs for lua/`name`.lua: generated names, the prelude if it uses it,
+    the script."""
     lua = resources.files("shared.artifacts.index").joinpath("lua")
     text = lua.joinpath(name + ".lua").read_text(encoding="utf-8")
     if name in _WITH_PRELUDE:
         text = lua.joinpath("_prelude.lua").read_text(encoding="utf-8") + "\n" + text
-    return text
+    return lua_locals(lua_names()) + text
 
 
 def _ms(seconds: float) -> int:
@@ -99,7 +107,7 @@ class RedisArtifactIndex:
         self.client: redis_py.Redis = redis_py.Redis.from_url(
             url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_S
         )
-        self._scripts = {name: self.client.register_script(_script_text(name)) for name in _SCRIPTS}
+        self._scripts = {name: self.client.register_script(script_text(name)) for name in _SCRIPTS}
 
     def _record_keys(self, run_id: str, job: str, kind: str) -> list[str]:
         return [record_key(run_id, job, kind), digests_key(run_id, job, kind), RECORDS_KEY,
@@ -116,7 +124,7 @@ class RedisArtifactIndex:
             old = sorted(self.client.smembers(base[1]))
             keys = base + [ref_key(d) for d in old] + extra_keys
             result = self._scripts[script](keys=keys, args=args(old))
-            if result[0] == "ok":
+            if result[0] == REPLY_OK:
                 return list(result[1:])
         raise RuntimeError(f"the digests of {kind} record {run_id}/{job} keep changing")  # pragma: no cover
 
@@ -160,6 +168,7 @@ class RedisArtifactIndex:
 
     def touch(self, run_id: str, job: str, kind: str, at: float) -> None:
         check_key(run_id, job, kind)
+        check_seconds("at", at)
         self._scripts["touch"](keys=[record_key(run_id, job, kind)], args=[repr(float(at))])
 
     def records(self) -> Iterator[ArtifactRecord]:
@@ -200,6 +209,7 @@ class RedisArtifactIndex:
 
     def begin_delete(self, digest: str, ttl_s: float = TOMBSTONE_TTL_S) -> bool:
         check_digest(digest)
+        check_seconds("ttl_s", ttl_s)
         return bool(self._scripts["begin_delete"](keys=[ref_key(digest), tomb_key(digest), present_key(digest)],
                                                   args=[_ms(ttl_s)]))
 
@@ -219,6 +229,7 @@ class RedisArtifactIndex:
 
     def acquire_lock(self, name: str, owner: str, ttl_s: float) -> bool:
         check_lock_name(name)
+        check_seconds("ttl_s", ttl_s)
         return bool(self._scripts["acquire_lock"](keys=[lock_key(name)], args=[owner, _ms(ttl_s)]))
 
     def release_lock(self, name: str, owner: str) -> None:

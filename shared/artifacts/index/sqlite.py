@@ -24,7 +24,7 @@ from typing import Collection, Iterator, Sequence
 
 from shared.sqlite_file import SQLiteFile
 from shared.artifacts.base import check_digest
-from shared.artifacts.index import UnknownRecord, check_key, check_lock_name, reserved_digests
+from shared.artifacts.index import UnknownRecord, check_key, check_lock_name, check_seconds, reserved_digests
 from shared.artifacts.index.base import TOMBSTONE_TTL_S, ArtifactRecord
 from shared.state.base import check_run_id
 
@@ -168,6 +168,7 @@ class SQLiteArtifactIndex:
 
     def touch(self, run_id: str, job: str, kind: str, at: float) -> None:
         check_key(run_id, job, kind)
+        check_seconds("at", at)
         # max(): a slow download reporting late must not make the record look less recently used.
         with self._db.transaction() as db:
             db.execute(f"UPDATE artifact_records SET last_access = max(last_access, ?) WHERE {_KEY_WHERE}",
@@ -215,6 +216,7 @@ class SQLiteArtifactIndex:
 
     def begin_delete(self, digest: str, ttl_s: float = TOMBSTONE_TTL_S) -> bool:
         check_digest(digest)
+        check_seconds("ttl_s", ttl_s)
         with self._db.transaction() as db:
             now = time.time()
             # Dead collectors' tombstones would otherwise stay forever; drop them while we hold the lock.
@@ -248,6 +250,7 @@ class SQLiteArtifactIndex:
 
     def acquire_lock(self, name: str, owner: str, ttl_s: float) -> bool:
         check_lock_name(name)
+        check_seconds("ttl_s", ttl_s)
         with self._db.transaction() as db:
             now = time.time()
             row = db.execute("SELECT owner, expires_at FROM artifact_locks WHERE name = ?", (name,)).fetchone()

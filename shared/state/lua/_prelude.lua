@@ -1,6 +1,10 @@
--- Helpers shared by every Conveyor state script. The Python loader prepends this file,
--- preceded by `local MACHINE` (from -> {to = true}) and `local TERMINAL` ({status = true})
--- generated from shared/state/base.py, so the state machine has a single definition.
+-- Helpers shared by every Conveyor state script. The Python loader (shared/state/redis.py)
+-- prepends this file with a header generated from shared/state/base.py and redis.py:
+--   MACHINE (from -> {to = true}) and TERMINAL ({status = true}): the job state machine;
+--   RUN_COUNTS and RUN_OUTCOME: what a terminal job adds to its run's counters, and the
+--   run's status when its last job ends (base.run_counters, base.run_outcome);
+--   one local per name Lua and Python share: STATUS_*, REASON_*, REFUSED_*, HEARTBEAT_*,
+--   REPLY_*, ERR_*, FIELD_* (redis.lua_names). Scripts never spell those names themselves.
 --
 -- Scripts that can end a run share one KEYS layout:
 --   KEYS[1] run hash, KEYS[2] jobs hash, KEYS[3] events stream, KEYS[4] plan string,
@@ -55,19 +59,18 @@ local function log_keys_match(first_log)
   return redis.call('HLEN', KEYS[2]) == #KEYS - first_log + 1
 end
 
+local function flag(yes)
+  if yes then return '1' end
+  return '0'
+end
+
 local function run_ended(now, first_log)
   local run = KEYS[1]
-  local counts = redis.call('HMGET', run, 'failed', 'cancelled', 'cancel_requested', 'retention_ms')
-  local status
-  if tonumber(counts[1]) == 0 and tonumber(counts[2]) == 0 then
-    status = 'success'
-  elseif counts[3] == '1' then
-    status = 'cancelled'
-  else
-    status = 'failed'
-  end
+  local counts = redis.call('HMGET', run, FIELD_FAILED, FIELD_CANCELLED, 'cancel_requested', 'retention_ms')
+  local status = RUN_OUTCOME[flag(tonumber(counts[1]) > 0) .. flag(tonumber(counts[2]) > 0)
+                             .. flag(counts[3] == '1')]
   redis.call('HSET', run, 'status', status, 'finished_at', now)
-  emit('', 'running', status, now, nil, nil)
+  emit('', STATUS_RUNNING, status, now, nil, nil)
   local ttl = tonumber(counts[4])
   for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
   for i = first_log, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
@@ -76,12 +79,10 @@ end
 -- Bookkeeping for a job that just became terminal; ends the run with its last job.
 local function job_terminal(job, now, first_log)
   local run = KEYS[1]
-  if job.status == 'failed' and not job.allow_failure then
-    redis.call('HINCRBY', run, 'failed', 1)
-  elseif job.status == 'cancelled' then
-    redis.call('HINCRBY', run, 'cancelled', 1)
-  end
-  if redis.call('HINCRBY', run, 'open', -1) == 0 then
+  local adds = RUN_COUNTS[job.status][tostring(job.allow_failure == true)]
+  if adds[1] > 0 then redis.call('HINCRBY', run, FIELD_FAILED, adds[1]) end
+  if adds[2] > 0 then redis.call('HINCRBY', run, FIELD_CANCELLED, adds[2]) end
+  if redis.call('HINCRBY', run, FIELD_OPEN, -1) == 0 then
     run_ended(now, first_log)
   end
 end

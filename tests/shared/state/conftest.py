@@ -1,13 +1,12 @@
 """Fixtures for the state store tests: a real redis-server per session, a store per backend."""
 from __future__ import annotations
 
-import itertools
 from typing import Iterator
 
 import pytest
 import redis
 
-from shared.state import JobMeta, StateStore, open_state
+from shared.state import StateStore, open_state
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
@@ -40,18 +39,3 @@ def store(store_url: str) -> Iterator[StateStore]:
     state.close()
 
 
-_run_ids = itertools.count(1)
-
-
-def new_run(store: StateStore, *jobs: str, allow_failure: tuple[str, ...] = (), meta: dict | None = None) -> str:
-    """Create a run with the given jobs (default: one job `build`); returns its id."""
-    run_id = f"run-{next(_run_ids)}"
-    names = jobs or ("build",)
-    store.create_run(
-        run_id,
-        "demo",
-        {name: JobMeta(allow_failure=name in allow_failure) for name in names},
-        {"levels": [list(names)]},
-        meta or {},
-    )
-    return run_id

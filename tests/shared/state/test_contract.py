@@ -21,7 +21,7 @@ from shared.state import (
     open_state,
 )
 from shared.state.base import JOB_STATUSES, can_transition
-from tests.shared.state.conftest import new_run
+from tests.shared.state.runs import new_run
 
 ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 LEASE = 5_000

@@ -11,7 +11,7 @@ import redis
 from shared.state import Claim, open_state
 from shared.state.redis import RUNS_KEY, TOKEN_KEY, RedisState
 from tests.services import start_redis
-from tests.shared.state.conftest import new_run
+from tests.shared.state.runs import new_run
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,5 @@
--- Helpers shared by the artifact index scripts; the Python loader prepends this file.
+-- Helpers shared by the artifact index scripts; the Python loader prepends this file, after
+-- the generated locals REPLY_OK, REPLY_ERR and ERR_KEYS (redis.lua_names) that every script gets.
 --
 -- Scripts that replace or drop a record share one KEYS layout:
 --   KEYS[1] record hash, KEYS[2] the record's digest set, KEYS[3] the set of every record
