@@ -15,21 +15,19 @@ import itertools
 import math
 import re
 import time
-from collections import Counter
-from dataclasses import dataclass, is_dataclass, replace
+from dataclasses import is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 import redis
-from hypothesis import HealthCheck, event, settings
-from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from shared.artifacts.index import KINDS, ArtifactIndex, ArtifactRecord
 from shared.artifacts.index.redis import RedisArtifactIndex
 from shared.artifacts.index.sqlite import SQLiteArtifactIndex
+from tests.twins import RANDOM_SEQUENCES, Raised, Reached, attempt
 
 pytestmark = pytest.mark.slow
 
@@ -50,21 +48,6 @@ LONG_TTL_S = 300.0
 SHORT_TTLS_S = (0.001, 0.0, -1.0)
 EXPIRY_PAUSE_S = 0.004
 _db_files = itertools.count()
-
-
-@dataclass(frozen=True)
-class Raised:
-    """An operation raised: only the class is compared (messages may differ in wording)."""
-
-    error: str
-
-
-def attempt(call: Callable[[], Any]) -> Any:
-    """What `call` returned, or `Raised` with the class of what it raised: errors are results too."""
-    try:
-        return call()
-    except Exception as exc:  # noqa: BLE001 - every error class is part of the contract
-        return Raised(type(exc).__name__)
 
 
 def normalise(value: Any) -> Any:
@@ -89,17 +72,14 @@ def normalise(value: Any) -> Any:
 # stories below must reach all of MUST_REACH; the random sequences RANDOM_MUST_REACH, which
 # each of 20 trial runs reached: a generator that stopped reaching those would make the
 # comparison vacuous.
-reached: Counter[str] = Counter()
+reached = Reached()
 MUST_REACH = frozenset({"reserve", "complete", "delete: zeros", "begin_delete: True", "begin_delete: False",
                         "reserve: tombstoned", "acquire_lock: True", "acquire_lock: False", "present",
                         "error: ValueError", "error: TypeError", "error: UnknownRecord"})
 RANDOM_MUST_REACH = MUST_REACH - {"acquire_lock: False", "error: TypeError"}
 
 
-def note(label: str) -> None:
-    reached[label] += 1
-    if currently_in_test_context():
-        event(label)  # shown by --hypothesis-show-statistics
+note = reached.note
 
 
 class IndexTwins:
@@ -288,13 +268,7 @@ class IndexTwinsMachine(RuleBasedStateMachine):
         self.twins.same(f"complete({key[0]!r}, {key[1]!r}, 'bogus')", lambda i: i.complete(key[0], key[1], "bogus"))
 
 
-SETTINGS = settings(
-    max_examples=50,
-    stateful_step_count=30,
-    deadline=None,
-    database=None,  # the checkout is shared; a failure prints its own sequence to replay
-    suppress_health_check=[HealthCheck.too_slow],
-)
+SETTINGS = RANDOM_SEQUENCES
 
 
 def test_redis_and_sqlite_indexes_agree_on_random_sequences(redis_url: str, tmp_path: Path) -> None:

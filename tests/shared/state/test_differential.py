@@ -15,15 +15,12 @@ import itertools
 import math
 import re
 import time
-from collections import Counter
 from dataclasses import dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 import redis
-from hypothesis import HealthCheck, event, settings
-from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -52,6 +49,7 @@ from shared.state.base import (
 )
 from shared.state.redis import RedisState
 from shared.state.sqlite import SQLiteState
+from tests.twins import RANDOM_SEQUENCES, Raised, Reached, attempt
 
 pytestmark = pytest.mark.slow
 
@@ -76,13 +74,6 @@ _db_files = itertools.count()
 
 
 @dataclass(frozen=True)
-class Raised:
-    """An operation raised: only the class is compared (messages may name things in another order)."""
-
-    error: str
-
-
-@dataclass(frozen=True)
 class Held:
     """A claim both twins granted: the job and each backend's own fencing token."""
 
@@ -98,14 +89,6 @@ class Cursor:
     run_id: str
     job: str | None  # None: an events cursor
     cursors: tuple[str, str]
-
-
-def attempt(call: Callable[[], Any]) -> Any:
-    """What `call` returned, or `Raised` with the class of what it raised: errors are results too."""
-    try:
-        return call()
-    except Exception as exc:  # noqa: BLE001 - every error class is part of the contract
-        return Raised(type(exc).__name__)
 
 
 def stamp(value: str | None) -> str | None:
@@ -147,7 +130,7 @@ def normalise(value: Any) -> Any:
 # (a second lost worker, a claim during a cancel) only in some runs, so the random test
 # asks for RANDOM_MUST_REACH, which each of 45 trial runs reached: a generator that stopped
 # reaching those would make the comparison vacuous.
-reached: Counter[str] = Counter()
+reached = Reached()
 MUST_REACH = frozenset(
     {"claim: Claim", "finish: False", "skip: True", "skip: False", "request_cancel: running jobs",
      "append_logs: None", "run expired", "attempt lost", "error: UnknownRun", "error: UnknownJob",
@@ -164,10 +147,7 @@ RANDOM_MUST_REACH = frozenset(
 )
 
 
-def note(label: str) -> None:
-    reached[label] += 1
-    if currently_in_test_context():
-        event(label)  # shown by --hypothesis-show-statistics
+note = reached.note
 
 
 class Twins:
@@ -546,13 +526,7 @@ class StateTwinsMachine(RuleBasedStateMachine):
             self.twins.same(f"{name}({run_id!r}, {job!r})", run_id, call)
 
 
-SETTINGS = settings(
-    max_examples=50,
-    stateful_step_count=30,
-    deadline=None,
-    database=None,  # the checkout is shared; a failure prints its own sequence to replay
-    suppress_health_check=[HealthCheck.too_slow],
-)
+SETTINGS = RANDOM_SEQUENCES
 
 
 def test_redis_and_sqlite_agree_on_random_sequences(redis_url: str, tmp_path: Path) -> None:
