@@ -104,7 +104,9 @@ class Site:
         environment = {
             "router": {"type": "haproxy", "admin": f"unix://{self.socket}", "backend": "web"},
             "provider": {"type": "command", "start": f"{PY} {CTL} start ${{INSTANCE}} ${{VERSION}} ${{PORT}}",
-                         "stop": f"{PY} {CTL} stop ${{INSTANCE}}"},
+                         "stop": f"{PY} {CTL} stop ${{INSTANCE}}",
+                         # provider commands see only what they are given (docs/deployments.md)
+                         "env": {"DEMO_STATE_DIR": os.environ["DEMO_STATE_DIR"]}},
             "instances": [{"name": "web1", "address": f"127.0.0.1:{p['web1']}"},
                           {"name": "web2", "address": f"127.0.0.1:{p['web2']}"}],
             "spare": [f"127.0.0.1:{p['spare1']}", f"127.0.0.1:{p['spare2']}"],

@@ -80,6 +80,11 @@ ENVIRONMENT = {
             "port": _int(1, 65535),
             "docker_host": {"type": "string"},
             "network": {"type": "string", "empty": False},
+            # Variables of provider and health commands (they never see the worker's own);
+            # `pass_env` names worker variables and is the operator's only (docs/deployments.md).
+            "env": {"type": "dict", "keysrules": {"type": "string", "regex": "[A-Za-z_][A-Za-z0-9_]*"},
+                    "valuesrules": {"type": "string"}},
+            "pass_env": {"type": "list", "schema": {"type": "string", "regex": "[A-Za-z_][A-Za-z0-9_]*"}},
         },
     },
     "instances": {

@@ -59,6 +59,7 @@ class Site:
                   type: command
                   start: "{PY} {CTL} start ${{INSTANCE}} ${{VERSION}} ${{PORT}}"
                   stop: "{PY} {CTL} stop ${{INSTANCE}}"
+                  env: {{DEMO_STATE_DIR: "{self.apps}"}}
                 instances:
                   - {{name: web1, address: "127.0.0.1:{p['web1']}"}}
                   - {{name: web2, address: "127.0.0.1:{p['web2']}"}}
