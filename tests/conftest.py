@@ -1,6 +1,7 @@
 """Session-wide real services shared by every test directory."""
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Iterator
 
@@ -56,3 +57,11 @@ def s3_bucket(s3_endpoint: str) -> str:
     name = f"conveyor-test-{uuid.uuid4().hex[:12]}"
     make_client(s3_endpoint).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def as_root() -> None:
+    """For tests of what only a root worker does: they FAIL, never skip, elsewhere (CI runs
+    the suite as root)."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root, as CI runs it (bash .ci/run)")

@@ -102,7 +102,7 @@ def test_a_local_step_reads_no_worker_credentials(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0, reason="CONVEYOR_LOCAL_USER needs a root worker")
+@pytest.mark.usefixtures("as_root")
 def test_with_a_local_user_steps_also_cannot_list_the_workers_logs(tmp_path: Path) -> None:
     # `nobody` must reach the data directory: pytest's own temp root is private (0700).
     data_parent = Path(tempfile.mkdtemp(prefix="conveyor-local-user-", dir="/tmp"))

@@ -10,7 +10,7 @@ import pytest
 
 from tests.worker.executors.contract_suite import Contract, drive
 from worker.executors import select_executor
-from worker.executors.contract import InfrastructureError, ResourceLimits
+from worker.executors.contract import InfrastructureError
 from worker.executors.local import DEFAULT_PATH, LocalExecutor
 
 
@@ -145,7 +145,7 @@ def test_reap_orphans_kills_only_this_workers_leftover_steps(job, step, tmp_path
         previous_life.cleanup(job)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="only a root worker drops capabilities")
+@pytest.mark.usefixtures("as_root")
 def test_on_a_root_worker_steps_have_no_capabilities_and_cannot_regain_them(run, step):
     result = run(step("grep -E 'CapEff|CapBnd|NoNewPrivs' /proc/self/status"))
     assert result.outcome.succeeded, result.lines
@@ -161,7 +161,7 @@ def test_the_executor_process_is_not_dumpable(executor):
     assert ctypes.CDLL(None).prctl(3, 0, 0, 0, 0) == 0  # PR_GET_DUMPABLE, asked of the kernel
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="running steps as another user needs root")
+@pytest.mark.usefixtures("as_root")
 def test_a_local_user_runs_the_steps_and_gets_the_workspace_without_root_groups(step):
     import shutil
     import tempfile
