@@ -14,14 +14,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable
+from typing import Callable
 
 from shared import expressions
 from shared.config import JobPolicy, Settings, is_root_user, job_policy
 from shared.plan import Job, Plan, Step
 from shared.state.base import (
     CANCELLED, FAILED, PENDING, RETRYING, SKIPPED, SUCCESS, TERMINAL, Claim, JobRecord, RunRecord, StateStore, epoch_seconds,
-    iso_ms,
 )
 from shared.logformat import job_log_context
 from shared.units import format_size
@@ -149,67 +148,6 @@ def disk_usage(root: Path, stop_above: int | None = None) -> int:
         if stop_above is not None and total > stop_above:
             break
     return total
-
-
-class _CappedFile:
-    """The full log file, cut at ``limit`` bytes with one marker line: a step printing
-    without end must not fill the worker's disk through its log.
-
-    Stands in for the file LogSink writes (``write`` and ``close``); the state store's copy
-    has its own cap (worker/logs.py). What is cut is counted in a last line at close.
-    """
-
-    def __init__(self, inner: IO[str], limit: int, already: int = 0) -> None:
-        self._inner = inner
-        self._limit = limit
-        self._written = already
-        self._cut_lines = 0
-        self._cut_bytes = 0
-
-    def write(self, text: str) -> int:
-        size = len(text.encode("utf-8", "replace"))
-        if self._cut_lines:
-            self._cut_lines += 1
-            self._cut_bytes += size
-            return len(text)
-        if self._written + size > self._limit:
-            self._cut_lines, self._cut_bytes = 1, size
-            self._inner.write(f"{_stamp()} system full log truncated: it reached this worker's limit of "
-                              f"{format_size(self._limit)} (CONVEYOR_JOB_LOG_SIZE); later lines are not "
-                              "in this file\n")
-            return len(text)
-        self._written += size
-        return self._inner.write(text)
-
-    def close(self) -> None:
-        if self._cut_lines:
-            self._inner.write(f"{_stamp()} system [... {self._cut_lines} lines ({self._cut_bytes} bytes) "
-                              "not written to this file ...]\n")
-        self._inner.close()
-
-    def __getattr__(self, name: str):
-        return getattr(self._inner, name)
-
-
-def _stamp() -> str:
-    return iso_ms(int(time.time() * 1000)) or ""
-
-
-def cap_full_log(sink: LogSink, limit: int) -> None:
-    """Cut ``sink``'s full log file at ``limit`` bytes (see ``_CappedFile``).
-
-    LogSink has no such option yet; this wraps the file it writes. A sink without that
-    file (another implementation) is left as it is, with a warning.
-    """
-    inner = getattr(sink, "_file", None)
-    if inner is None:
-        log.warning("cannot cap the full log %s: the log sink keeps no file", sink.full_log)
-        return
-    try:
-        already = sink.full_log.stat().st_size  # a retried attempt appending to one file
-    except OSError:
-        already = 0
-    sink._file = _CappedFile(inner, limit, already)  # type: ignore[attr-defined]
 
 
 class Reschedule(Exception):
@@ -630,9 +568,9 @@ def _run_claimed(ctx: WorkerContext, admitted: Admitted) -> dict:
         missing = None
     except MissingSecret as exc:
         secrets, missing = {}, exc
-    sink = LogSink(ctx.store, run_id, job.name, full_log, Masker(secrets.values()))
+    sink = LogSink(ctx.store, run_id, job.name, full_log, Masker(secrets.values()),
+                   file_cap_bytes=current_policy().log_bytes)
     attempt = Attempt(ctx, plan, job, claim, run, admitted.deadline, sink, workspace)
-    cap_full_log(sink, attempt.policy.log_bytes)
     heart = threading.Thread(target=attempt.heartbeat_loop, name=f"heartbeat-{job.name}", daemon=True)
     heart.start()
     # Its own thread: measuring a huge workspace must never delay a heartbeat.

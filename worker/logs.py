@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from shared.state.base import StateStore, iso_ms
-from shared.units import MIB, human_size
+from shared.units import MIB, format_size, human_size
 from worker.executors.support import LinePiece
 from worker.secrets import LineMasker, Masker
 
@@ -42,6 +42,51 @@ MAX_RETRY_INTERVAL = 2.0
 # more with `close(retry_for=...)`.
 CLOSE_ATTEMPTS = 3
 CLOSE_RETRY_DELAY = 0.1
+
+
+class CappedFile:
+    """The full log file, cut at ``limit`` bytes with one marker line: a step printing
+    without end must not fill the worker's disk through its log.
+
+    LogSink writes through it when given ``file_cap_bytes``; the state store's copy has its
+    own cap (``cap_bytes``). What is cut is counted in a last line at close.
+    """
+
+    def __init__(self, inner: IO[str], limit: int, already: int = 0) -> None:
+        self._inner = inner
+        self._limit = limit
+        self._written = already
+        self._cut_lines = 0
+        self._cut_bytes = 0
+
+    def write(self, text: str) -> int:
+        size = len(text.encode("utf-8", "replace"))
+        if self._cut_lines:
+            self._cut_lines += 1
+            self._cut_bytes += size
+            return len(text)
+        if self._written + size > self._limit:
+            self._cut_lines, self._cut_bytes = 1, size
+            self._inner.write(f"{_file_stamp()} system full log truncated: it reached this worker's limit of "
+                              f"{format_size(self._limit)} (CONVEYOR_JOB_LOG_SIZE); later lines are not "
+                              "in this file\n")
+            return len(text)
+        self._written += size
+        return self._inner.write(text)
+
+    def close(self) -> None:
+        if self._cut_lines:
+            self._inner.write(f"{_file_stamp()} system [... {self._cut_lines} lines ({self._cut_bytes} bytes) "
+                              "not written to this file ...]\n")
+        self._inner.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+
+def _file_stamp() -> str:
+    return iso_ms(int(time.time() * 1000)) or ""
 
 
 class LogSinkClosed(ValueError):
@@ -134,6 +179,7 @@ class LogSink:
         cap_bytes: int = 4 * MIB,
         flush_interval: float = 0.05,
         batch_lines: int = 500,
+        file_cap_bytes: int | None = None,
     ) -> None:
         if cap_bytes < 2:
             raise ValueError(f"cap_bytes must be at least 2, got {cap_bytes!r}")
@@ -173,9 +219,13 @@ class LogSink:
         # Appending: a caller that reuses a path for a retried attempt keeps both.
         # Line-buffered, so the file is current while the job runs and a dying worker
         # loses nothing already written.
-        self._file: IO[str] = open(
+        self._file: IO[str] | CappedFile = open(
             self._full_log, "a", encoding="utf-8", errors="replace", buffering=1
         )
+        if file_cap_bytes is not None:
+            # The worker's log-size limit (CONVEYOR_JOB_LOG_SIZE); a retried attempt
+            # appending to one file counts what is there already.
+            self._file = CappedFile(self._file, file_cap_bytes, self._full_log.stat().st_size)
         self._flusher = threading.Thread(
             target=self._run_flusher, name=f"log-flusher-{run_id}-{job}", daemon=True
         )
