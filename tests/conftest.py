@@ -7,6 +7,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.api_server import Server, serving
 from tests.services import ensure_busybox_image, start_moto, start_redis
 
 
@@ -65,3 +66,10 @@ def as_root() -> None:
     the suite as root)."""
     if os.geteuid() != 0:
         pytest.fail("this test needs root, as CI runs it (bash .ci/run)")
+
+
+@pytest.fixture
+def server(tmp_path) -> Iterator[Server]:
+    """A running `conveyor server` over a SQLite store with one run (tests/api_server.py)."""
+    with serving(tmp_path) as running:
+        yield running
