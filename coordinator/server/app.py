@@ -9,73 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coordinator import status_view
-from coordinator.run_status import full_status_json, is_run_id
+from coordinator.run_status import full_status_json
+from coordinator.server.common import CODES, ApiError, Services, error_response, known_run, requires, services
 from shared.config import Settings
 from shared.state import open_state
 from shared.state.base import TERMINAL, StateStore
-from shared.tokens import Scope, Token, TokenStore, open_tokens
+from shared.tokens import Token, TokenStore, open_tokens
 
 # How often a followed log or event stream looks for news (a blocking read would hold a
 # worker thread per client).
 FOLLOW_POLL_S = 0.25
 LOG_PAGE = 1000
-
-
-class ApiError(Exception):
-    """An error answer: HTTP status, a stable machine code and a one-line message."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-          409: "conflict", 413: "too_large", 422: "invalid", 503: "unavailable"}
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
-
-
-@dataclass
-class Services:
-    """What the handlers read and write: opened once per server process."""
-
-    settings: Settings
-    store: StateStore
-    tokens: TokenStore
-
-
-def requires(scope: Scope) -> Callable[..., Token]:
-    """A dependency: the request's bearer token, which must include ``scope``."""
-
-    def check(request: Request) -> Token:
-        header = request.headers.get("authorization", "")
-        value = header[7:].strip() if header[:7].lower() == "bearer " else None
-        token = request.app.state.services.tokens.verify(value)
-        if token is None:
-            raise ApiError(401, "unauthorized", "a valid API token is required (Authorization: Bearer TOKEN)")
-        if not token.allows(scope):
-            raise ApiError(403, "forbidden", f"this token's scope is {token.scope!r}; this needs {scope!r}")
-        return token
-
-    return check
-
-
-def _known_run(services: Services, run_id: str) -> None:
-    if not is_run_id(run_id) or services.store.get_run(run_id) is None:
-        raise ApiError(404, "not_found", f"no run {run_id!r}")
 
 
 def create_app(settings: Settings, store: StateStore | None = None, tokens: TokenStore | None = None) -> FastAPI:
@@ -87,20 +40,17 @@ def create_app(settings: Settings, store: StateStore | None = None, tokens: Toke
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, _CODES.get(exc.status_code, "error"), str(exc.detail))
+        return error_response(exc.status_code, CODES.get(exc.status_code, "error"), str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         where = "; ".join(".".join(str(p) for p in e.get("loc", ())) + ": " + str(e.get("msg", ""))
                           for e in exc.errors()[:5])
-        return _error(400, "bad_request", f"invalid request: {where}")
-
-    def services() -> Services:
-        return app.state.services
+        return error_response(400, "bad_request", f"invalid request: {where}")
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -112,7 +62,7 @@ def create_app(settings: Settings, store: StateStore | None = None, tokens: Toke
             svc.store.list_runs(1)
             svc.tokens.list()
         except Exception as exc:  # the store is down: not ready, the load balancer looks elsewhere
-            return _error(503, "unavailable", f"state store unreachable: {type(exc).__name__}")
+            return error_response(503, "unavailable", f"state store unreachable: {type(exc).__name__}")
         return JSONResponse({"status": "ready"})
 
     @app.get("/api/v1/runs")
@@ -138,7 +88,7 @@ def create_app(settings: Settings, store: StateStore | None = None, tokens: Toke
     def get_run(run_id: str, _: Token = Depends(requires("read")),
                 svc: Services = Depends(services)) -> dict[str, Any]:
         """The same JSON as `conveyor status RUN --format json`."""
-        _known_run(svc, run_id)
+        known_run(svc, run_id)
         view = full_status_json(svc.settings, svc.store, run_id)
         if view is None:
             raise ApiError(404, "not_found", f"no run {run_id!r}")
@@ -148,7 +98,7 @@ def create_app(settings: Settings, store: StateStore | None = None, tokens: Toke
     def job_log(run_id: str, job: str, follow: int = 0, _: Token = Depends(requires("read")),
                 svc: Services = Depends(services)) -> PlainTextResponse | StreamingResponse:
         """The job's log as text; `?follow=1` streams it as server-sent events until the job ends."""
-        _known_run(svc, run_id)
+        known_run(svc, run_id)
         if job not in svc.store.get_jobs(run_id):
             raise ApiError(404, "not_found", f"run {run_id!r} has no job {job!r}")
         if not follow:
@@ -166,10 +116,19 @@ def create_app(settings: Settings, store: StateStore | None = None, tokens: Toke
     @app.post("/api/v1/runs/{run_id}/cancel", status_code=202)
     def cancel(run_id: str, _: Token = Depends(requires("trigger")),
                svc: Services = Depends(services)) -> dict[str, Any]:
-        _known_run(svc, run_id)
+        known_run(svc, run_id)
         return {"run_id": run_id, "stopping": svc.store.request_cancel(run_id)}
 
+    # Each part of the API is a router in its own module (common.py has what they share).
+    for router in _routers():
+        app.include_router(router)
     return app
+
+
+def _routers() -> list[APIRouter]:
+    routers: list[APIRouter] = []
+    # -- routers (one line per module) --
+    return routers
 
 
 def _trigger_matches(trigger: Any, repository: str | None, branch: str | None) -> bool:
