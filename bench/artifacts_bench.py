@@ -16,8 +16,9 @@
 
 Ratio = baseline time / Conveyor time (> 1: Conveyor is faster); every time is the median
 of `--repeat` runs, Conveyor and baseline interleaved. The script starts its own
-`moto_server` on a free port with its spool in a temporary directory on disk, and removes
-both when it ends, also on Ctrl-C or SIGTERM. Exit status 1 when a target is missed.
+`moto_server` on a free port (tests/services.py's, as the tests start it) with its spool in
+a temporary directory on disk, and removes both when it ends, also on Ctrl-C or SIGTERM.
+Exit status 1 when a target is missed. Timers and /proc readers: bench/measure.py.
 """
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,16 +46,15 @@ from typing import Any, Callable, Iterator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.services import free_port  # noqa: E402
+from measure import MB, host_line, patched, run_sections, timed, verdict, vm_hwm  # noqa: E402
+from tests.services import start_moto  # noqa: E402
 
-MB = 1024 * 1024
 BUCKET = "conveyor-bench"
 SMALL_SIZES = (1024, 8192)  # bytes, inclusive
 SMALL_DIRS = 20
 RATIO_TARGET = 0.8
 REUPLOAD_TARGET = 10.0
 RSS_TARGET_MB = 100.0
-READY_TIMEOUT = 30.0
 REQUEST_SAMPLES = 50  # tiny requests timed one by one in `profile`
 # Dummy credentials for moto; set before boto3 is imported anywhere, children inherit them.
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -63,23 +62,12 @@ AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_
 
 # -- small helpers --------------------------------------------------------------------------
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-
 def seconds(value: float) -> str:
     return f"{value:7.2f} s"
 
 
 def rate(size: int, elapsed: float) -> str:
     return f"{size / MB / elapsed:6.0f} MB/s" if elapsed > 0 else "     - MB/s"
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def median(values: list[float]) -> float:
@@ -159,42 +147,31 @@ def interleaved(repeat: int, conveyor: Callable[[int], Any], baseline: Callable[
 
 @contextmanager
 def moto_server(workdir: Path) -> Iterator[str]:
-    """A throwaway `moto_server` on a free port; yields its URL.
+    """The tests' throwaway `moto_server` (tests/services.py) on a free port; yields its URL.
 
     Its spool (moto keeps objects over ~5 MB in temp files) goes to `workdir`, so the
     bench's temporary directory holds everything it wrote.
     """
-    exe = shutil.which("moto_server")
-    if exe is None:
-        raise RuntimeError("moto_server is not installed (pip install 'moto[server]')")
     spool = workdir / "moto-spool"
     spool.mkdir()
-    port = free_port()
-    log = open(workdir / "moto.log", "wb")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "TMPDIR": str(spool)}, start_new_session=True)
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(spool)  # start_moto passes this process's environment on
     try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {proc.returncode}; see {workdir / 'moto.log'}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not listen on port {port} within {READY_TIMEOUT:.0f} s")
-                time.sleep(0.05)
+        proc, port = start_moto(workdir)
+    finally:
+        if previous is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = previous
+    try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+        proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.wait(timeout=10)
-        log.close()
 
 
 def raw_client(endpoint: str) -> Any:
@@ -236,25 +213,6 @@ class OperationTimer:
 
     def count(self, name: str) -> int:
         return len(self.seconds.get(name, []))
-
-
-@contextmanager
-def patched(owner: Any, attribute: str, timings: list[float]) -> Iterator[None]:
-    """Time every call of `owner.attribute` into `timings` while the block runs."""
-    original = getattr(owner, attribute)
-
-    def timed_call(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            timings.append(time.perf_counter() - start)
-
-    setattr(owner, attribute, timed_call)
-    try:
-        yield
-    finally:
-        setattr(owner, attribute, original)
 
 
 # -- the bench ----------------------------------------------------------------------------------
@@ -556,15 +514,6 @@ def rss_child(endpoint: str, path: str) -> None:
     print(json.dumps({"peak_before": before, "peak_after": after, "up_s": up_s, "down_s": down_s}))
 
 
-def vm_hwm() -> int:
-    """This process's peak resident set size in bytes."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def bench_profile(b: Bench) -> bool:
     """One traced run of each `big` transfer, split into its parts; moto measured on its own."""
     import shared.artifacts.base as base
@@ -762,11 +711,8 @@ def main(argv: list[str] | None = None) -> int:
     import boto3
     import moto
 
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"{os.cpu_count()} CPUs, load average {load} (other work on the host skews every figure); "
-          f"moto {moto.__version__}, boto3 {boto3.__version__}; files in {args.tmp_dir} "
+    print(f"{host_line()}; moto {moto.__version__}, boto3 {boto3.__version__}; files in {args.tmp_dir} "
           f"({filesystem_type(args.tmp_dir)})\n")
-    results: dict[str, bool] = {}
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="conveyor-abench-", dir=args.tmp_dir)))
         endpoint = stack.enter_context(moto_server(tmp))
@@ -780,13 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         b.small_bytes = write_small_files(b.tree / "small", args.files)
         print(f"(test data: {args.size_mb} MB file + {args.files} small files written in "
               f"{time.perf_counter() - start:.1f} s)\n")
-        for name in args.only:
-            start = time.perf_counter()
-            results[name] = SECTIONS[name](b)
-            print(f"({name}: {time.perf_counter() - start:.1f} s)\n")
-    missed = [n for n, ok in results.items() if not ok]
-    print("targets missed: " + (", ".join(missed) if missed else "none"))
-    return 1 if missed else 0
+        return run_sections({name: (lambda section=SECTIONS[name]: section(b)) for name in args.only})
 
 
 if __name__ == "__main__":

@@ -13,17 +13,16 @@
                                                             target 0 failed
 
 Each sub-command starts its own haproxy (admin socket in a temporary directory) and
-demo-app instances (examples/demo-app/ctl.py), and stops them when it ends. Exit status
-1 when a target is missed.
+demo-app instances (examples/demo-app/ctl.py), as the deployment tests start them
+(tests/deploy/services.py), and stops them when it ends. Exit status 1 when a target is
+missed.
 """
 from __future__ import annotations
 
 import argparse
 import heapq
 import http.client
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,7 +34,8 @@ from typing import Callable, Iterator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.deploy.services import haproxy_config  # noqa: E402
+from measure import verdict  # noqa: E402
+from tests.deploy.services import CTL, start_app, start_haproxy, stop_apps  # noqa: E402
 from tests.services import free_port  # noqa: E402
 
 from deploy import engine  # noqa: E402
@@ -46,8 +46,6 @@ from deploy.routers.haproxy import HAProxyRouter  # noqa: E402
 from deploy.store import deploy_store_for  # noqa: E402
 from shared.state import JobMeta, open_state  # noqa: E402
 
-HAPROXY = "/usr/sbin/haproxy"
-CTL = ROOT / "examples" / "demo-app" / "ctl.py"
 PY = sys.executable
 
 
@@ -57,24 +55,15 @@ class Site:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
+        self.apps = tmp / "apps"  # DEMO_STATE_DIR of the demo-app instances
         self.ports = {n: free_port() for n in ("web1", "web2", "spare1", "spare2")}
-        self.frontend = free_port()
-        self.socket = tmp / "haproxy.sock"
-        os.environ["DEMO_STATE_DIR"] = str(tmp / "apps")
-        config = tmp / "haproxy.cfg"
-        config.write_text(haproxy_config(self.socket, self.frontend, {
-            name: f"127.0.0.1:{self.ports[name]}" for name in ("web1", "web2")}))
-        self.proc = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not self.socket.exists():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise SystemExit("haproxy did not start")
-            time.sleep(0.05)
-        self.router = HAProxyRouter(f"unix://{self.socket}", "web")
+        self.haproxy = start_haproxy(tmp / "haproxy", {
+            name: f"127.0.0.1:{self.ports[name]}" for name in ("web1", "web2")})
+        self.frontend = self.haproxy.port
+        self.socket = self.haproxy.socket
+        self.router = HAProxyRouter(self.haproxy.admin, "web")
         for name in ("web1", "web2"):
-            subprocess.run([PY, str(CTL), "start", name, "v1", str(self.ports[name])], check=True,
-                           capture_output=True)
+            start_app(self.apps, name, "v1", self.ports[name])
         self.wait(lambda: all(s.up for s in self.router.servers().values()))
         self.state = open_state(f"sqlite:///{tmp / 'state.db'}")
         self.deploys = deploy_store_for(self.state)
@@ -106,7 +95,7 @@ class Site:
             "provider": {"type": "command", "start": f"{PY} {CTL} start ${{INSTANCE}} ${{VERSION}} ${{PORT}}",
                          "stop": f"{PY} {CTL} stop ${{INSTANCE}}",
                          # provider commands see only what they are given (docs/deployments.md)
-                         "env": {"DEMO_STATE_DIR": os.environ["DEMO_STATE_DIR"]}},
+                         "env": {"DEMO_STATE_DIR": str(self.apps)}},
             "instances": [{"name": "web1", "address": f"127.0.0.1:{p['web1']}"},
                           {"name": "web2", "address": f"127.0.0.1:{p['web2']}"}],
             "spare": [f"127.0.0.1:{p['spare1']}", f"127.0.0.1:{p['spare2']}"],
@@ -133,10 +122,8 @@ class Site:
             engine.tick(self.rt, run_id, job, seq)
 
     def close(self) -> None:
-        for pidfile in (self.tmp / "apps").glob("*.pid"):
-            subprocess.run([PY, str(CTL), "stop", pidfile.stem], capture_output=True)
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        stop_apps(self.apps)
+        self.haproxy.stop()
 
 
 @contextmanager
@@ -149,8 +136,8 @@ def site() -> Iterator[Site]:
             s.close()
 
 
-def verdict(ok: bool, text: str) -> bool:
-    print(f"  {'PASS' if ok else 'MISS'}: {text}")
+def report(ok: bool, text: str) -> bool:
+    print(f"  {verdict(ok)}: {text}")
     return ok
 
 
@@ -172,7 +159,7 @@ def bench_abort(repeat: int) -> bool:
                         and servers["spare1"].admin == "maint")
             samples.append((time.perf_counter() - started) * 1000)
             if not restored:
-                return verdict(False, f"stable not restored by the abort tick: {servers}")
+                return report(False, f"stable not restored by the abort tick: {servers}")
             s.drive(lambda: s.state_of(run_id) == "aborted")
         for _ in range(50):
             started = time.perf_counter()
@@ -183,7 +170,7 @@ def bench_abort(repeat: int) -> bool:
           f"(one tick: lock, record, show stat, batch, save)")
     print(f"  one runtime-API batch (3 commands, one write): p50 {statistics.median(batch_ms):.2f} ms, "
           f"max {max(batch_ms):.2f} ms")
-    return verdict(p50 <= 100, f"p50 {p50:.1f} ms <= 100 ms")
+    return report(p50 <= 100, f"p50 {p50:.1f} ms <= 100 ms")
 
 
 # -- split --------------------------------------------------------------------------------------
@@ -200,7 +187,7 @@ def bench_split(requests: int) -> bool:
     print(f"split: observed canary share over {requests} requests vs requested weight")
     ok = True
     with site() as s:
-        subprocess.run([PY, str(CTL), "start", "spare1", "v2", str(s.ports["spare1"])], check=True, capture_output=True)
+        start_app(s.apps, "spare1", "v2", s.ports["spare1"])
         from deploy.routers.base import AddServer, Check
 
         s.router.apply([AddServer("spare1", f"127.0.0.1:{s.ports['spare1']}", 0, Check(300, 1, 2)),
@@ -219,7 +206,7 @@ def bench_split(requests: int) -> bool:
             worst = max(worst, abs(observed - weight))
             print(f"  requested {weight:>2} %  observed {observed:5.1f} %  (off by {observed - weight:+.1f} points)")
         conn.close()
-    return verdict(worst <= 2, f"worst deviation {worst:.1f} points <= 2") and ok
+    return report(worst <= 2, f"worst deviation {worst:.1f} points <= 2") and ok
 
 
 # -- switch -------------------------------------------------------------------------------------
@@ -293,7 +280,7 @@ def bench_switch(threads: int | None) -> bool:
           f"failed {len(load.failed)}; weights after: {weights}")
     if load.failed:
         print(f"  failures: {sorted(set(load.failed))[:5]}")
-    return verdict(not load.failed and weights == {"spare1": 50, "spare2": 50}, f"{len(load.failed)} failed requests")
+    return report(not load.failed and weights == {"spare1": 50, "spare2": 50}, f"{len(load.failed)} failed requests")
 
 
 def main() -> None:

@@ -15,82 +15,52 @@ against a baseline run in the same invocation.
     jobcost   diagnostic, not in `all`: run_job in this process, each call it makes timed
 
 Every sub-command starts its own redis-server on a free port in a temporary directory and
-its own workers, and removes all of it (processes, containers, files) when it ends, also
-on Ctrl-C. Times from the state store come from one clock (Redis TIME, milliseconds).
+its own workers (the tests' cluster, tests/cluster.py), and removes all of it (processes,
+containers, files) when it ends, also on Ctrl-C. Times from the state store come from one
+clock (Redis TIME, milliseconds). Percentiles, timers and /proc readers: bench/measure.py.
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import json
-import math
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections import defaultdict
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.services import start_redis  # noqa: E402
+from measure import (  # noqa: E402
+    MB, CallTimer, best_of, cpu_seconds, host_line, kill_group, percentile, process_tree, run_sections, tree_rss,
+    verdict,
+)
+from shared.state.base import epoch_seconds as epoch  # noqa: E402
+from tests.cluster import Cluster as TestCluster  # noqa: E402
+from tests.cluster import running_cluster  # noqa: E402
+from tests.services import BUSYBOX_IMAGE as IMAGE  # noqa: E402
+from tests.services import ensure_busybox_image, start_redis  # noqa: E402
 
-IMAGE = "conveyor-test/busybox"
 BARE_QUEUE = "bench-bare"
 BARE_TASK = "bench.stamp"
 READY_TIMEOUT = 60.0
 RUN_TIMEOUT = 120.0
-MB = 1024 * 1024
 
 
 # -- small helpers --------------------------------------------------------------------------
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100): always one of the measured values."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def epoch(iso: str) -> float:
-    """A state-store timestamp (`2024-05-01T12:00:00.123Z`) as epoch seconds."""
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:8.1f} ms"
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-
-def kill_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 10.0) -> None:
-    """Signal a process started with start_new_session=True and everything it spawned."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-    try:
-        proc.wait(timeout=wait)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=wait)
 
 
 @contextmanager
@@ -161,22 +131,29 @@ class RunResult:
         return store_delta(first.started_at, last.finished_at)
 
 
-class Cluster:
-    """redis-server + `conveyor worker` processes + an in-process submitter, in a temp dir."""
+class Cluster(TestCluster):
+    """The tests' cluster (tests/cluster.py: its own redis-server, `conveyor worker` processes,
+    one data directory) in a temporary directory, with an in-process submitter that waits
+    for the run-end event. Made by `Cluster.start`."""
 
-    def __init__(self, stack: ExitStack, executor: str, overrides: dict | None = None):
-        self.overrides = overrides or {}
-        self.tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="conveyor-bench-")))
-        self.redis_url = stack.enter_context(redis_server(self.tmp))
-        self.env = {
-            **os.environ,
-            "CONVEYOR_BROKER_URL": self.redis_url,
-            "CONVEYOR_DATA_DIR": str(self.tmp / "data"),
-            "CONVEYOR_EXECUTOR": executor,
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.workers: list[Process] = []
-        stack.callback(self._stop_workers)
+    def __init__(self, tmp: Path, redis_port: int, executor: str):
+        super().__init__(tmp, redis_port, executor)
+        # The workers keep the default lease, as deployed (the tests shorten it).
+        del self.env["CONVEYOR_LEASE_SECONDS"]
+        self.overrides: dict = {}
+
+    @classmethod
+    def start(cls, stack: ExitStack, executor: str, overrides: dict | None = None) -> "Cluster":
+        """A cluster in a new temporary directory, stopped and removed when `stack` closes."""
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="conveyor-bench-")))
+        cluster = stack.enter_context(running_cluster(tmp, executor, cls))
+        assert isinstance(cluster, cls)
+        cluster.connect(stack, overrides or {})
+        return cluster
+
+    def connect(self, stack: ExitStack, overrides: dict) -> None:
+        """The submitter's app and state store (with `overrides` applied to the app)."""
+        self.overrides = overrides
         from coordinator.submit import compile_run, submit
         from shared.celery_app import create_app
         from shared.config import load_settings
@@ -190,31 +167,28 @@ class Cluster:
         self.store = open_state(self.settings.effective_state_url)
         stack.callback(self.store.close)
 
-    def worker(self, name: str, concurrency: int) -> Process:
+    def worker(self, name: str, concurrency: int = 2, **env: str) -> Process:  # type: ignore[override]
         """Start `conveyor worker` (threads pool, INFO logging, as deployed) and wait until it consumes.
 
-        With overrides, the same command runs through `_worker`, which applies them first.
+        With overrides, the same command runs through `_worker`, which applies them first;
+        the steps it leaves behind are stopped with it (`Process.stop`).
         """
         command = ["-m", "coordinator", "worker"]
         if self.overrides:
             command = [str(Path(__file__).resolve()), "_worker", json.dumps(self.overrides)]
         worker = Process([sys.executable, *command, "--name", name, "--concurrency", str(concurrency),
-                          "--loglevel", "INFO"], self.env)
-        self.workers.append(worker)
+                          "--loglevel", "INFO"], {**self.env, **env})
+        self.workers.append(worker)  # type: ignore[arg-type]
         worker.wait_ready(f"worker {name}")
         return worker
 
-    def _stop_workers(self) -> None:
+    def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
 
-    def pipeline(self, name: str, text: str) -> Path:
-        """Write a pipeline into its own source folder (the workspace every job copies)."""
-        folder = self.tmp / "src" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "pipeline.yml"
-        path.write_text(textwrap.dedent(text).lstrip("\n"))
-        return path
+    def source(self, name: str, text: str) -> Path:
+        """Write a pipeline into a source folder of its own (the workspace every job copies)."""
+        return self.pipeline(text, f"{name}/pipeline.yml")
 
     def run(self, pipeline: Path) -> RunResult:
         """Submit and block until the run-end event; fail loudly unless every job succeeded."""
@@ -395,10 +369,10 @@ def bench_hops(args: argparse.Namespace) -> bool:
     length, repeat = args.chain, args.repeat
     print(f"== hops: chain of {length} no-op jobs x {repeat} runs, one worker (concurrency 2, local executor)")
     with ExitStack() as stack:
-        cluster = Cluster(stack, "local", args.celery_conf)
+        cluster = Cluster.start(stack, "local", args.celery_conf)
         cluster.worker("hops", 2)
-        pipeline = cluster.pipeline("hops", chain_pipeline(length))
-        cluster.run(cluster.pipeline("warm", chain_pipeline(2)))  # imports, plan cache, connections
+        pipeline = cluster.source("hops", chain_pipeline(length))
+        cluster.run(cluster.source("warm", chain_pipeline(2)))  # imports, plan cache, connections
         hops: list[float] = []
         noop_jobs: list[float] = []
         totals: list[float] = []
@@ -500,10 +474,10 @@ def bench_makespan(args: argparse.Namespace) -> bool:
     described = " and ".join(f"{c}x{s:g}s" for c, s in chains.values())
     print(f"== makespan: chains {described} on one worker (concurrency 2, local executor), {args.repeat} runs")
     with ExitStack() as stack:
-        cluster = Cluster(stack, "local", args.celery_conf)
+        cluster = Cluster.start(stack, "local", args.celery_conf)
         cluster.worker("makespan", 2)
-        cluster.run(cluster.pipeline("warm", chains_pipeline({"w": (2, 0.01)})))
-        pipeline = cluster.pipeline("makespan", chains_pipeline(chains))
+        cluster.run(cluster.source("warm", chains_pipeline({"w": (2, 0.01)})))
+        pipeline = cluster.source("makespan", chains_pipeline(chains))
         results = [cluster.run(pipeline) for _ in range(args.repeat)]
     spans = [r.span() for r in results]
     walls = [r.submit_to_finish for r in results]
@@ -526,8 +500,6 @@ def bench_makespan(args: argparse.Namespace) -> bool:
 def ensure_image() -> None:
     import docker
 
-    from tests.services import ensure_busybox_image
-
     client = docker.from_env()
     try:
         ensure_busybox_image(client)
@@ -547,10 +519,10 @@ def bench_docker(args: argparse.Namespace) -> bool:
     ensure_image()
     name = "docker-bench"
     with ExitStack() as stack:
-        cluster = Cluster(stack, "docker", args.celery_conf)
+        cluster = Cluster.start(stack, "docker", args.celery_conf)
         stack.callback(lambda: _remove_containers(name))
         cluster.worker(name, 2)
-        pipeline = cluster.pipeline("docker", independent_pipeline("docker", 1, "true", IMAGE))
+        pipeline = cluster.source("docker", independent_pipeline("docker", 1, "true", IMAGE))
         cluster.run(pipeline)  # warm-up: docker SDK import, engine version, image lookup
         raw_run()
         jobs, submits, raws = [], [], []
@@ -591,10 +563,10 @@ def bench_noop100(args: argparse.Namespace) -> bool:
     print(f"== noop100: {count} independent `true` jobs, local executor, concurrency {concurrency}, "
           f"vs make -j{concurrency}")
     with ExitStack() as stack:
-        cluster = Cluster(stack, "local", args.celery_conf)
+        cluster = Cluster.start(stack, "local", args.celery_conf)
         worker = cluster.worker("noop", concurrency)
-        cluster.run(cluster.pipeline("warm", independent_pipeline("warm", 2, "true")))
-        pipeline = cluster.pipeline("noop", independent_pipeline("noop", count, "true"))
+        cluster.run(cluster.source("warm", independent_pipeline("warm", 2, "true")))
+        pipeline = cluster.source("noop", independent_pipeline("noop", count, "true"))
         cpu_before = cpu_seconds(worker.proc.pid)
         result = cluster.run(pipeline)
         worker_cpu = cpu_seconds(worker.proc.pid) - cpu_before
@@ -644,65 +616,16 @@ def task_segments(result: RunResult, events: TaskEvents) -> dict[str, list[float
     return segments
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process (not its children), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as stat:
-        fields = stat.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def make_baseline(folder: Path, count: int, concurrency: int) -> float:
     folder.mkdir(parents=True)
     targets = [f"j{i:03d}" for i in range(count)]
     rules = "".join(f"{t}:\n\ttrue\n" for t in targets)
     (folder / "Makefile").write_text(f".PHONY: all {' '.join(targets)}\nall: {' '.join(targets)}\n{rules}")
-    best = math.inf
-    for _ in range(3):
-        start = time.perf_counter()
-        subprocess.run(["make", "-s", f"-j{concurrency}", "-C", str(folder)], check=True, stdout=subprocess.DEVNULL)
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_of(3, lambda: subprocess.run(["make", "-s", f"-j{concurrency}", "-C", str(folder)], check=True,
+                                             stdout=subprocess.DEVNULL))
 
 
 # -- 5. rss ---------------------------------------------------------------------------------
-
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants, from /proc/*/stat parent pids."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                ppid = int(stat.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    tree, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        tree.append(pid)
-        stack.extend(children.get(pid, []))
-    return tree
-
-
-def vm_rss(pid: int) -> int:
-    """VmRSS of one process in bytes (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def tree_rss(root: int) -> tuple[int, int]:
-    """(summed VmRSS, process count) of the tree; shared pages count once per process."""
-    pids = process_tree(root)
-    return sum(vm_rss(p) for p in pids), len(pids)
-
 
 def bench_rss(args: argparse.Namespace) -> bool:
     active = 4
@@ -715,7 +638,7 @@ def bench_rss(args: argparse.Namespace) -> bool:
           f"{'target':>10}")
     for executor in executors:
         with ExitStack() as stack:
-            cluster = Cluster(stack, executor, args.celery_conf)
+            cluster = Cluster.start(stack, executor, args.celery_conf)
             name = f"rss-{executor}"
             if executor == "docker":
                 stack.callback(lambda: _remove_containers(name))
@@ -723,10 +646,10 @@ def bench_rss(args: argparse.Namespace) -> bool:
             time.sleep(1.0)  # let start-up settle (Celery's consumer finishes connecting)
             idle, _ = tree_rss(worker.proc.pid)
             image = IMAGE if executor == "docker" else None
-            cluster.run(cluster.pipeline("warm", independent_pipeline("warm", 1, "true", image)))
+            cluster.run(cluster.source("warm", independent_pipeline("warm", 1, "true", image)))
             warm, _ = tree_rss(worker.proc.pid)
             peak, processes = 0, 0
-            busy = cluster.pipeline("busy", independent_pipeline("busy", active, "sleep 5", image))
+            busy = cluster.source("busy", independent_pipeline("busy", active, "sleep 5", image))
             failures: list[Exception] = []
 
             def run_busy() -> None:
@@ -753,30 +676,6 @@ def bench_rss(args: argparse.Namespace) -> bool:
 
 
 # -- jobcost: where a job's own time goes ------------------------------------------------
-
-class CallTimer:
-    """Wraps named callables of objects with a timer for the life of an ExitStack.
-
-    Only the bench process is touched; the engine code is untouched and runs as shipped.
-    """
-
-    def __init__(self, stack: ExitStack) -> None:
-        self.seconds: dict[str, list[float]] = defaultdict(list)
-        self._stack = stack
-
-    def wrap(self, owner: object, attribute: str, label: str) -> None:
-        original = getattr(owner, attribute)
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.seconds[label].append(time.perf_counter() - start)
-
-        setattr(owner, attribute, timed)
-        self._stack.callback(setattr, owner, attribute, original)
-
 
 def bench_jobcost(args: argparse.Namespace) -> bool:
     """run_job in this process (no Celery, one thread), with its calls timed."""
@@ -895,16 +794,9 @@ def main(argv: list[str] | None = None) -> int:
     names = list(BENCHES) if args.bench == "all" else [args.bench]
     if args.celery_conf:
         print(f"Celery settings overridden: {args.celery_conf}")
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"{os.cpu_count()} CPUs, load average {load} (other work on the host skews every figure)\n")
-    results = {}
-    for name in names:
-        start = time.perf_counter()
-        results[name] = {**BENCHES, **EXTRA}[name](args)
-        print(f"({name}: {time.perf_counter() - start:.1f} s)\n")
-    missed = [n for n, ok in results.items() if not ok]
-    print("targets missed: " + (", ".join(missed) if missed else "none"))
-    return 1 if missed else 0
+    print(f"{host_line()}\n")
+    benches = {**BENCHES, **EXTRA}
+    return run_sections({name: (lambda bench=benches[name]: bench(args)) for name in names})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -22,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from coordinator.frontend import load_file  # noqa: E402
 from coordinator.render import RENDERERS  # noqa: E402
+from measure import best_of, timed  # noqa: E402
 
 
 def generate(jobs: int, seed: int) -> str:
@@ -44,15 +44,6 @@ def generate(jobs: int, seed: int) -> str:
             lines.append(f"          - echo job {i} step {s}")
             lines.append("          - make -j2 all")
     return "\n".join(lines) + "\n"
-
-
-def best_of(repeat: int, fn) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -80,11 +71,8 @@ def main() -> None:
     print(f"plan --format json : {ours * 1000:8.1f} ms")
     print(f"yaml.safe_load     : {base * 1000:8.1f} ms")
     print(f"ratio              : {ours / base:8.2f}x  (target <= 0.50)")
-    starts = []
-    for _ in range(5):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "coordinator", "--help"], check=True, capture_output=True)
-        starts.append(time.perf_counter() - start)
+    starts = [timed(lambda: subprocess.run([sys.executable, "-m", "coordinator", "--help"], check=True,
+                                           capture_output=True)) for _ in range(5)]
     print(f"conveyor --help    : {statistics.median(starts) * 1000:8.1f} ms (median of 5)")
 
 

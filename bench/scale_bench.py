@@ -26,7 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from exec_bench import Cluster, cpu_seconds, epoch, independent_pipeline, percentile  # noqa: E402
+from exec_bench import Cluster, independent_pipeline  # noqa: E402
+from measure import cpu_seconds, percentile, verdict  # noqa: E402
+from shared.state.base import epoch_seconds as epoch  # noqa: E402
 
 TARGET = 0.80
 
@@ -34,10 +36,10 @@ TARGET = 0.80
 def measure(workers: int, concurrency: int, jobs: int, sleep: float) -> dict:
     """One cluster of `workers` processes; the figures of one measured run."""
     with ExitStack() as stack:
-        cluster = Cluster(stack, "local")
+        cluster = Cluster.start(stack, "local")
         processes = [cluster.worker(f"w{n}", concurrency) for n in range(1, workers + 1)]
-        cluster.run(cluster.pipeline("warm", independent_pipeline("warm", 2 * workers * concurrency, "true")))
-        pipeline = cluster.pipeline("scale", independent_pipeline("scale", jobs, f"sleep {sleep}"))
+        cluster.run(cluster.source("warm", independent_pipeline("warm", 2 * workers * concurrency, "true")))
+        pipeline = cluster.source("scale", independent_pipeline("scale", jobs, f"sleep {sleep}"))
         cpu_before = sum(cpu_seconds(p.proc.pid) for p in processes)
         result = cluster.run(pipeline)
         cpu = sum(cpu_seconds(p.proc.pid) for p in processes) - cpu_before
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['efficiency']:>9.0%}{'' if good else '!'} {row['slot_per_job'] * 1000:>7.0f}ms "
               f"{row['job_p50'] * 1000:>6.0f}ms {row['wall']:>10.2f}s {row['cpu']:>9.2f}s  "
               f"{'/'.join(map(str, row['balance']))}")
-    print(f"target: efficiency >= {TARGET:.0%} on every line: {'PASS' if ok else 'MISS'}")
+    print(f"target: efficiency >= {TARGET:.0%} on every line: {verdict(ok)}")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     return 0 if ok else 1
 

@@ -14,14 +14,20 @@ from celery import Celery
 
 from shared.celery_app import settings_of
 from shared.config import job_policy
-from worker import job_runner
+from worker.context import process_context
 
 
 @contextlib.contextmanager
 def embedded_worker(app: Celery, concurrency: int) -> Iterator[None]:
-    """Start a thread-pool worker consuming every queue; stop it on exit."""
-    # The same job limits as a worker running `concurrency` jobs (docs/configuration.md).
-    job_runner.configure(job_policy(settings_of(app), concurrency))
+    """Register the tasks on ``app``, start a thread-pool worker consuming every queue;
+    stop it on exit."""
+    from worker import tasks
+
+    tasks.register(app)  # without it the worker drops every job as an unregistered task
+    # This process's worker context, with the same job limits as a worker running
+    # `concurrency` jobs (docs/configuration.md).
+    settings = settings_of(app)
+    process_context(settings, job_policy(settings, concurrency))
     ready = threading.Event()
     # Canvas code paths that resolve `current_app` (chord upgrades in the worker thread)
     # must see this app and its result backend, not Celery's default app.

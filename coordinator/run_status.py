@@ -15,16 +15,24 @@ def is_run_id(text: str) -> bool:
     return RUN_ID_PATTERN.fullmatch(text) is not None
 
 
-def full_status_json(settings: Settings, store: StateStore, run_id: str) -> dict[str, Any] | None:
-    """The run, its jobs with their artifacts and deployment records, and its trigger; None
-    when the run is unknown."""
-    from coordinator.artifact_view import members_by_job
-    from deploy.view import deployment_extras
+def open_artifact_view(settings: Settings) -> tuple[Any, Any]:
+    """(artifact store, artifact index) for `full_status_json`; a server opens them once."""
     from shared.artifacts import open_store
     from shared.artifacts.index import open_index
 
-    artifact_store = open_store(settings.effective_artifacts_url, endpoint_url=settings.s3_endpoint_url)
-    index = open_index(settings.effective_state_url)
+    return (open_store(settings.effective_artifacts_url, endpoint_url=settings.s3_endpoint_url),
+            open_index(settings.effective_state_url))
+
+
+def full_status_json(settings: Settings, store: StateStore, run_id: str,
+                     artifact_view: tuple[Any, Any] | None = None) -> dict[str, Any] | None:
+    """The run, its jobs with their artifacts and deployment records, and its trigger; None
+    when the run is unknown. ``artifact_view`` is `open_artifact_view(settings)`, opened
+    here when not given (a CLI call opens it once anyway)."""
+    from coordinator.artifact_view import members_by_job
+    from deploy.view import deployment_extras
+
+    artifact_store, index = artifact_view or open_artifact_view(settings)
     view = status_view.status_json(store, run_id, artifacts=members_by_job(artifact_store, index),
                                    extras=deployment_extras(store))
     if view is not None:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from coordinator.terminal import clean
 from shared.state import JobRecord, StateStore, UnknownRun
-from shared.state.base import FAILED, RETRYING, RUNNING, epoch_seconds
+from shared.state.base import FAILED, RETRYING, RUNNING, AttemptRecord, epoch_seconds
 
 NONE = "-"  # what an empty cell shows, so columns never collapse
 
@@ -154,6 +154,7 @@ def _job_json(job: JobRecord, artifacts: list[dict[str, Any]]) -> dict[str, Any]
         "finished_at": job.finished_at,
         "exit_code": job.exit_code,
         "reason": job.reason,
+        "allow_failure": job.allow_failure,
         "artifacts": artifacts,
         "attempt_history": [
             {
@@ -186,13 +187,16 @@ def status_json(store: StateStore, run_id: str,
     except UnknownRun:  # expired between the two reads
         return None
     members = artifacts(run_id) if artifacts is not None else {}
+    levels = {name: index for index, level in enumerate(job_levels(plan_of(store, run_id), jobs)) for name in level}
     return {
         "run_id": run.run_id,
         "pipeline": run.pipeline,
         "status": run.status,
         "created_at": run.created_at,
         "finished_at": run.finished_at,
-        "jobs": {name: _job_entry(run_id, name, job, members, extras) for name, job in jobs.items()},
+        "cancel_requested": run.cancel_requested,
+        "jobs": {name: {**_job_entry(run_id, name, job, members, extras), "level": levels[name]}
+                 for name, job in jobs.items()},
     }
 
 
@@ -228,29 +232,45 @@ def _run_seconds(created_at: str, finished_at: str | None, now: float) -> float:
 
 def status_text(store: StateStore, run_id: str) -> str:
     """`conveyor status RUN`: a header and one row per job, by level; raises UnknownRun."""
-    run = store.get_run(run_id)
-    if run is None:
+    view = status_json(store, run_id)
+    if view is None:
         raise UnknownRun(run_id)
-    now = time.time()
-    jobs = store.get_jobs(run_id)
-    plan = plan_of(store, run_id)
+    return render_status(view)
+
+
+def render_status(view: Mapping[str, Any], now: float | None = None) -> str:
+    """The text of `conveyor status` from the status JSON (``status_json``, or the server's
+    `GET /api/v1/runs/{run}`): one renderer whichever way the CLI got the run."""
+    now = time.time() if now is None else now
     rows = []
-    for index, level in enumerate(job_levels(plan, jobs)):
-        for name in level:
-            job = jobs[name]
-            _, status, reason, attempts, took, worker = summary_row(name, job, now)
-            exit_code = NONE if job.exit_code is None else str(job.exit_code)
-            rows.append([str(index), name, status, reason, attempts, took, exit_code, worker])
-    finished = f"finished {run.finished_at}" if run.finished_at else "not finished"
-    cancel = ", cancel requested" if run.cancel_requested and run.status == RUNNING else ""
+    for name, job in view.get("jobs", {}).items():
+        record = job_record_of(name, job)
+        _, status, reason, attempts, took, worker = summary_row(name, record, now)
+        exit_code = NONE if record.exit_code is None else str(record.exit_code)
+        level = job.get("level")
+        rows.append([NONE if level is None else str(level), name, status, reason, attempts, took, exit_code, worker])
+    created, finished = view.get("created_at"), view.get("finished_at")
+    cancel = ", cancel requested" if view.get("cancel_requested") and view.get("status") == RUNNING else ""
     header = [
-        clean(f"run {run.run_id} (pipeline {run.pipeline}): {run.status}{cancel}"),
-        clean(f"created {run.created_at}, {finished}, "
-              f"{'took' if run.finished_at else 'running for'} "
-              f"{duration_text(_run_seconds(run.created_at, run.finished_at, now))}"),
+        clean(f"run {view.get('run_id')} (pipeline {view.get('pipeline')}): {view.get('status')}{cancel}"),
+        clean(f"created {created}, {f'finished {finished}' if finished else 'not finished'}, "
+              f"{'took' if finished else 'running for'} "
+              f"{duration_text(_run_seconds(created, finished, now))}"),
     ]
     table = text_table(("LEVEL", "JOB", "STATUS", "REASON", "ATTEMPTS", "DURATION", "EXIT", "WORKER"), rows)
     return "\n".join([*header, "", table])
+
+
+def job_record_of(name: str, job: Mapping[str, Any]) -> JobRecord:
+    """A job of the status JSON as the store's record (what the text views are made from)."""
+    attempts = [AttemptRecord(number=a.get("number", 0), worker=a.get("worker") or "", started_at=a.get("started_at"),
+                              finished_at=a.get("finished_at"), status="", exit_code=a.get("exit_code"),
+                              reason=a.get("reason"), retry_delay=a.get("retry_delay"))
+                for a in job.get("attempt_history") or []]
+    return JobRecord(name=name, status=job.get("status", ""), attempt=job.get("attempts") or 0,
+                     worker=job.get("worker"), started_at=job.get("started_at"), finished_at=job.get("finished_at"),
+                     exit_code=job.get("exit_code"), reason=job.get("reason"),
+                     allow_failure=bool(job.get("allow_failure")), attempts=attempts)
 
 
 def runs_text(store: StateStore, limit: int) -> str:

@@ -50,6 +50,8 @@ _KEYS = {
     "job_user": "CONVEYOR_JOB_USER",
     "job_read_only_root": "CONVEYOR_JOB_READ_ONLY_ROOT",
     "local_user": "CONVEYOR_LOCAL_USER",
+    # The address people reach `conveyor server` at: commit statuses link to runs there.
+    "public_url": "CONVEYOR_PUBLIC_URL",
 }
 # Only in conveyor.toml: structured settings no environment variable can hold.
 _FILE_ONLY = {"retention", "environments", "repositories"}
@@ -120,6 +122,7 @@ class Settings:
     job_user: str | None = None  # numeric uid[:gid]; None: the image's user
     job_read_only_root: bool = False
     local_user: str | None = None  # who runs local steps; None: the worker's user (see docs)
+    public_url: str | None = None  # e.g. https://ci.example.com; None: http://HOST:PORT of the server
 
     def __repr__(self) -> str:
         # Celery's `inspect conf` and Flower's worker page print every conf key, this

@@ -94,6 +94,14 @@ class Plan:
     parameters: Env = field(default_factory=frozen_env)
     environments: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     triggers: tuple[Mapping[str, Any], ...] = ()
+    # `concurrency:` with its group substituted: {"group": str, "cancel_in_progress": bool};
+    # None when the pipeline sets none. The server acts on it, workers never do.
+    concurrency: Mapping[str, Any] | None = None
+    # What started the run: the server's `trigger` document (TriggerEvent.to_dict(), every
+    # key present), read by job conditions as the `git` root; None for a run no trigger
+    # started (`conveyor run`), which conditions read as shared.expressions.NO_TRIGGER.
+    # (Not to be confused with `triggers`, the pipeline's own `triggers:` list.)
+    trigger: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return plain(self)
@@ -116,6 +124,9 @@ class Plan:
             parameters=frozen_env(data.get("parameters")),
             environments=freeze(data.get("environments", {})),
             triggers=tuple(freeze(t) for t in data.get("triggers", ())),
+            # Plans written before these fields existed have neither key.
+            concurrency=freeze(data.get("concurrency")),
+            trigger=freeze(data.get("trigger")),
         )
 
 

@@ -88,6 +88,14 @@ class TokenStore:
         raw = self.backend.get(token_hash(token))
         return _record(raw) if raw is not None else None
 
+    def by_hash(self, digest: str | None) -> Token | None:
+        """The live token whose SHA-256 is ``digest`` (what a web session keeps instead of the
+        token); None when it was revoked or ``digest`` is not a hash."""
+        if not digest or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            return None
+        raw = self.backend.get(digest)
+        return _record(raw) if raw is not None else None
+
     def list(self) -> list[Token]:
         """Every live token, by name."""
         return sorted((_record(raw) for _, raw in self.backend.items()), key=lambda token: token.name)

@@ -1,4 +1,9 @@
-"""Session-wide real services shared by every test directory."""
+"""Session-wide real services shared by every test directory, and the `services` marker.
+
+Markers (pyproject.toml): `services` = needs a real external service (redis-server, the
+Docker engine, a moto S3 server, HAProxy, compose); `slow` = takes more than a few seconds.
+`-m "not services and not slow"` is the fast set and needs nothing running.
+"""
 from __future__ import annotations
 
 import os
@@ -9,6 +14,56 @@ import pytest
 
 from tests.api_server import Server, serving
 from tests.services import ensure_busybox_image, start_moto, start_redis
+
+# Fixtures that start (or connect to) a real service, here or in a directory's conftest or
+# a test module: a test whose fixture closure holds one is marked `services` below, and so
+# is a test given a fixture parameter in SERVICE_PARAMS (a backend fixture that picks the
+# service with `request.getfixturevalue`, which no closure shows). Tests that start a
+# service in their own body carry `pytest.mark.services` themselves.
+SERVICE_FIXTURES = frozenset({
+    "redis_url",            # tests/conftest.py: redis-server for the session
+    "docker_client",        # tests/conftest.py: the local Docker engine
+    "busybox_image",        # tests/conftest.py: image imported into that engine
+    "s3_endpoint",          # tests/conftest.py: moto S3 server
+    "s3_bucket",            # tests/conftest.py
+    "haproxy",              # tests/deploy/conftest.py
+    "haproxy_with_web1",    # tests/security/test_pipeline_environments.py
+    "cluster",              # tests/e2e/conftest.py and modules: redis-server + workers
+    "fault_cluster",        # tests/faults/conftest.py
+    "reaping_cluster",      # tests/worker/test_reaper.py
+    "broker_url",           # tests/worker/test_reaper.py: redis-server of the module
+    "own_dockerd",          # tests/faults/test_docker_restart.py
+    "tls_redis",            # tests/e2e/test_tls.py
+    "multihost",            # tests/e2e/test_multihost.py
+    "cluster_with_flower",  # tests/e2e/test_flower_outcomes.py
+})
+
+
+SERVICE_PARAMS = frozenset({"redis", "s3", "docker"})
+
+
+def _fixture_params(item: pytest.Item) -> list[object]:
+    """The values of the item's fixture parameters (not of its own `parametrize` arguments)."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return []
+    direct: set[str] = set()
+    for mark in item.iter_markers("parametrize"):
+        names = mark.kwargs.get("argnames", mark.args[0] if mark.args else ())
+        direct.update(n.strip() for n in (names.split(",") if isinstance(names, str) else names))
+    return [value for name, value in callspec.params.items() if name not in direct]
+
+
+def _needs_services(item: pytest.Item) -> bool:
+    if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    return any(isinstance(v, str) and v in SERVICE_PARAMS for v in _fixture_params(item))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _needs_services(item):
+            item.add_marker(pytest.mark.services)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+pytestmark = pytest.mark.services  # every test runs `docker-compose`
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SECRETS = {
@@ -56,7 +58,6 @@ def volume_pairs(service: dict) -> list[tuple[str, str]]:
     return pairs
 
 
-@pytest.mark.slow
 def test_every_service_is_defined_with_its_profile(config: dict) -> None:
     services = config["services"]
     assert {"redis", "minio", "minio-init", "worker", "deployer", "server", "flower", "cli", "haproxy",
@@ -70,7 +71,6 @@ def test_every_service_is_defined_with_its_profile(config: dict) -> None:
     assert any(source.endswith("deploy/compose/prometheus.yml") for source, _ in volume_pairs(services["prometheus"]))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("missing", sorted(SECRETS))
 def test_refuses_to_render_without_each_secret(tmp_path: Path, missing: str) -> None:
     result = compose_config(tmp_path, **{k: v for k, v in SECRETS.items() if k != missing})
@@ -78,7 +78,6 @@ def test_refuses_to_render_without_each_secret(tmp_path: Path, missing: str) -> 
     assert missing in result.stderr  # the error names what to set
 
 
-@pytest.mark.slow
 def test_redis_requires_the_password_and_persists(config: dict) -> None:
     redis = config["services"]["redis"]
     command = redis["command"]
@@ -91,7 +90,6 @@ def test_redis_requires_the_password_and_persists(config: dict) -> None:
     assert "redis-pw" not in " ".join(redis["healthcheck"]["test"])  # not on a command line `ps` shows
 
 
-@pytest.mark.slow
 def test_minio_bucket_is_created_before_workers_start(config: dict) -> None:
     services = config["services"]
     init = services["minio-init"]
@@ -104,7 +102,6 @@ def test_minio_bucket_is_created_before_workers_start(config: dict) -> None:
     assert ("minio-data", "/data") in volume_pairs(services["minio"])
 
 
-@pytest.mark.slow
 def test_workers_and_cli_keep_artifacts_on_minio(config: dict) -> None:
     for name in ("worker", "deployer", "cli"):
         env = config["services"][name]["environment"]
@@ -115,7 +112,6 @@ def test_workers_and_cli_keep_artifacts_on_minio(config: dict) -> None:
     assert "AWS_SECRET_ACCESS_KEY" not in config["services"]["flower"]["environment"]
 
 
-@pytest.mark.slow
 def test_flower_demands_auth(config: dict) -> None:
     flower = config["services"]["flower"]
     assert flower["environment"]["CONVEYOR_FLOWER_AUTH"] == "admin:flower-pw"
@@ -131,7 +127,6 @@ def _published(port: Any) -> str:
     return f"{port.get('host_ip', '')}:{port.get('published', '')}:{port['target']}"
 
 
-@pytest.mark.slow
 def test_workers_scale_with_docker_socket_metrics_and_same_path_workspaces(tmp_path: Path, config: dict) -> None:
     worker = config["services"]["worker"]
     assert "container_name" not in worker  # `--scale worker=4` would collide
@@ -154,7 +149,6 @@ def test_workers_scale_with_docker_socket_metrics_and_same_path_workspaces(tmp_p
     assert moved_services["worker"]["scale"] == 5
 
 
-@pytest.mark.slow
 def test_the_server_is_published_on_loopback_with_the_stores_and_no_executor(config: dict) -> None:
     server = config["services"]["server"]
     assert server["command"][0] == "server"
@@ -164,7 +158,6 @@ def test_the_server_is_published_on_loopback_with_the_stores_and_no_executor(con
     assert "/var/run/docker.sock" not in [source for source, _ in volume_pairs(server)]
 
 
-@pytest.mark.slow
 def test_one_deployer_runs_every_tick_and_the_demo_haproxy_shares_its_network(config: dict) -> None:
     services = config["services"]
     deployer, haproxy = services["deployer"], services["haproxy"]

@@ -2,7 +2,8 @@
 
 The context is built on first use, in the process that runs the tasks (after a fork,
 never before one): the state store's connections, the executor and the artifact store
-must not be shared across processes.
+must not be shared across processes. Its job limits (`policy`) are the context's own, so
+two contexts in one process can run jobs under different limits.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.config import Settings
+from shared.config import JobPolicy, Settings, job_policy
 from shared.plan import Plan
 from shared.state import open_state
 from shared.state.base import StateStore
@@ -29,9 +30,15 @@ if TYPE_CHECKING:
 PLAN_CACHE_SIZE = 32
 
 
+def default_policy() -> JobPolicy:
+    """The job limits of a context given none: the defaults for one job at a time."""
+    return job_policy(Settings(), concurrency=1)
+
+
 @dataclass
 class WorkerContext:
-    """The state store, executor, artifact store and identity every job of a worker uses."""
+    """The state store, executor, artifact store, identity and job limits every job of a
+    worker uses."""
 
     store: StateStore
     executor: Executor
@@ -47,6 +54,10 @@ class WorkerContext:
     # The deployment engine's runtime over this context's stores (worker.deploy_tasks
     # creates it on the first deployment job or tick).
     deployments: DeployRuntime | None = None
+    # The limits of every job run with this context: the operator's settings over this
+    # host's share for the worker's concurrency (`shared.config.job_policy`, set by
+    # `worker.main.start_worker` and by `conveyor run`).
+    policy: JobPolicy = field(default_factory=default_policy)
 
     def plan(self, run_id: str) -> Plan:
         """The run's plan, parsed once per process (a run's plan never changes)."""
@@ -66,8 +77,9 @@ def worker_name(settings: Settings) -> str:
     return os.environ.get("CONVEYOR_WORKER_NAME") or f"conveyor@{socket.gethostname()}"
 
 
-def open_context(settings: Settings) -> WorkerContext:
-    """A new context from the settings (opens the store, picks and connects the executor)."""
+def open_context(settings: Settings, policy: JobPolicy | None = None) -> WorkerContext:
+    """A new context from the settings (opens the store, picks and connects the executor);
+    its jobs run under ``policy`` (None: the defaults for one job at a time)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return WorkerContext(
         artifacts=ArtifactAccess(
@@ -83,6 +95,7 @@ def open_context(settings: Settings) -> WorkerContext:
         lease_seconds=settings.lease_seconds,
         environments=settings.environments,
         pipeline_environments=settings.accepts_pipeline_environments,
+        policy=policy if policy is not None else default_policy(),
     )
 
 
@@ -90,10 +103,16 @@ _process_context: WorkerContext | None = None
 _process_context_lock = threading.Lock()
 
 
-def process_context(settings: Settings) -> WorkerContext:
-    """This process's context, created on first use (after fork, not before)."""
+def process_context(settings: Settings, policy: JobPolicy | None = None) -> WorkerContext:
+    """This process's context, created on first use (after fork, not before).
+
+    ``policy``: the job limits of the process's jobs, given by whoever starts the worker
+    (`worker.main.start_worker`, `conveyor run`) before the first job; None keeps the
+    context's (the defaults for one job at a time if it is new)."""
     global _process_context
     with _process_context_lock:
         if _process_context is None:
-            _process_context = open_context(settings)
+            _process_context = open_context(settings, policy)
+        elif policy is not None:
+            _process_context.policy = policy
         return _process_context

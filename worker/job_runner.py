@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from shared import expressions
-from shared.config import JobPolicy, Settings, is_root_user, job_policy
+from shared.config import JobPolicy, is_root_user
 from shared.plan import Job, Plan, Step
 from shared.state.base import (
     CANCELLED, FAILED, PENDING, RETRYING, SKIPPED, SUCCESS, TERMINAL, Claim, JobRecord, RunRecord, StateStore, epoch_seconds,
@@ -63,27 +63,6 @@ LIMIT_REASON = "script_failure"
 
 class LimitExceeded(Exception):
     """A job asks for more than this worker allows; the message names the limit and the maximum."""
-
-
-_policy: JobPolicy | None = None
-_policy_lock = threading.Lock()
-
-
-def configure(policy: JobPolicy | None) -> None:
-    """Set the limits of every job this process runs (the worker at start, `conveyor run`);
-    None: back to the defaults."""
-    global _policy
-    with _policy_lock:
-        _policy = policy
-
-
-def current_policy() -> JobPolicy:
-    """The configured job limits; the defaults for one job at a time if none were set."""
-    global _policy
-    with _policy_lock:
-        if _policy is None:
-            _policy = job_policy(Settings(), concurrency=1)
-        return _policy
 
 
 def step_limits(job: Job, policy: JobPolicy) -> ResourceLimits:
@@ -195,6 +174,7 @@ def decide(plan: Plan, job: Job, records: dict[str, JobRecord], run_cancelled: b
         vars=plan.parameters,
         jobs={name: records[name].status for name in ancestors},
         pipeline={"name": plan.pipeline},
+        git=getattr(plan, "trigger", None),  # the `git` root: what started the run (None: nothing did)
         dependency_results=results,
         run_cancelled=run_cancelled,
     )
@@ -227,7 +207,7 @@ class Attempt:
         self.current: StepHandle | None = None
         self.lock = threading.Lock()
         self.done = threading.Event()
-        self.policy = current_policy()
+        self.policy = ctx.policy  # the limits are the context's (worker/context.py)
         self.limits: ResourceLimits | None = None  # set by `perform` once the request is checked
 
     # -- heartbeat -----------------------------------------------------------------
@@ -569,7 +549,7 @@ def _run_claimed(ctx: WorkerContext, admitted: Admitted) -> dict:
     except MissingSecret as exc:
         secrets, missing = {}, exc
     sink = LogSink(ctx.store, run_id, job.name, full_log, Masker(secrets.values()),
-                   file_cap_bytes=current_policy().log_bytes)
+                   file_cap_bytes=ctx.policy.log_bytes)
     attempt = Attempt(ctx, plan, job, claim, run, admitted.deadline, sink, workspace)
     heart = threading.Thread(target=attempt.heartbeat_loop, name=f"heartbeat-{job.name}", daemon=True)
     heart.start()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shared.celery_app import BrokerUnavailable, check_redis_urls, create_app
 from shared.config import ConfigError, JobPolicy, Settings, job_policy
-from worker import job_runner, metrics, tasks
+from worker import metrics, tasks
 from worker.context import process_context, worker_name
 from worker.executors import resolve_user
 from worker.executors.contract import InfrastructureError
@@ -78,7 +78,6 @@ def start_worker(settings: Settings, options: WorkerOptions, say: Callable[[str]
         policy = job_policy(settings, options.concurrency)
     except ConfigError as exc:
         raise WorkerStartError(str(exc)) from None
-    job_runner.configure(policy)
     try:
         # Celery would retry a refused password or a failed TLS handshake forever, silently.
         check_redis_urls(settings)
@@ -94,9 +93,10 @@ def start_worker(settings: Settings, options: WorkerOptions, say: Callable[[str]
     tasks.register(app)
     hostname = options.name or worker_name(settings)
     try:
-        # CONVEYOR_EXECUTOR unset means Docker: with no engine the worker does not start
-        # (select_executor says to set CONVEYOR_EXECUTOR=local to run jobs unisolated).
-        executor = process_context(settings).executor
+        # The process's context, with the job limits (with the thread pool every job runs
+        # here). CONVEYOR_EXECUTOR unset means Docker: with no engine the worker does not
+        # start (select_executor says to set CONVEYOR_EXECUTOR=local to run jobs unisolated).
+        executor = process_context(settings, policy).executor
         # Step containers mount workspaces by host path: a containerised worker whose data
         # directory the engine cannot see would fail every job as if its script were wrong.
         executor.check_data_dir(settings.data_dir)

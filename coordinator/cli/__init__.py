@@ -25,6 +25,7 @@ COMMANDS = {
     "rollback": "coordinator.cli.deployments:rollback",
     "token": "coordinator.cli.tokens:token",
     "server": "coordinator.cli.server:server",
+    "schedules": "coordinator.cli.server:schedules",
 }
 
 

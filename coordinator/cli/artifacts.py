@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
-from coordinator.cli.options import run_id_argument
+from coordinator.cli.options import api_client, api_failure, run_id_argument
 from coordinator.terminal import clean
+from shared.artifacts.base import BaseStore  # the standard library only: cheap to load
 
 PROGRESS_MIN_BYTES = 4 * 1024 * 1024  # smaller transfers finish before a bar would help
 
@@ -39,18 +40,24 @@ def list_artifacts(run_id: str, fmt: str, show_all: bool) -> None:
     from coordinator.status_view import text_table
     from shared.units import human_size
 
-    settings, _ = open_run_store(run_id)
-    _, index = _open(settings)
-    records = [r for r in index.get(run_id) if show_all or r.kind == "artifact"]
+    client = api_client()
+    if client is not None:
+        items = _api_records(client, run_id, show_all)
+        for item in items:
+            item.pop("members", None)  # the same objects as `record_json` gives
+    else:
+        settings, _ = open_run_store(run_id)
+        _, index = _open(settings)
+        items = [record_json(r) for r in index.get(run_id) if show_all or r.kind == "artifact"]
     if fmt == "json":
-        click.echo(json.dumps([record_json(r) for r in records], indent=2))
+        click.echo(json.dumps(items, indent=2))
         return
-    if not records:
+    if not items:
         click.echo(f"run {run_id} stored no artifacts")
         return
     # text_table cleans every cell: job and artifact names come from the pipeline.
-    rows = [[r.job or "-", r.kind, r.name, str(r.files), human_size(r.size),
-             record_json(r)["expire_at"] or "never", r.manifest[:12]] for r in records]
+    rows = [[i["job"] or "-", i["kind"], i["name"], str(i["files"]), human_size(i["size"]),
+             i["expire_at"] or "never", i["manifest"][:12]] for i in items]
     click.echo(text_table(["JOB", "KIND", "NAME", "FILES", "SIZE", "EXPIRES", "MANIFEST"], rows))
 
 
@@ -66,6 +73,10 @@ def get(run_id: str, job: str, output: str | None, want_log: bool) -> None:
     from shared.artifacts.publish import fetch_record
     from worker.workspace import workspace_path
 
+    client = api_client()
+    if client is not None:
+        _get_via_api(client, run_id, job, output, want_log)
+        return
     settings, _ = open_run_store(run_id)
     store, index = _open(settings)
     records = index.get(run_id, job, "log" if want_log else "artifact")
@@ -95,6 +106,97 @@ def get(run_id: str, job: str, output: str | None, want_log: bool) -> None:
         sys.exit(1)
     click.echo(clean(f"{record.files} file(s), {record.size} bytes of {job} -> {dest}/ "
                      f"in {time.monotonic() - started:.1f}s (sha256-verified)"))
+
+
+def _api_records(client, run_id: str, all_kinds: bool) -> list[dict]:
+    from coordinator.api_client import ApiClientError
+
+    try:
+        return client.artifacts(run_id, all_kinds)
+    except ApiClientError as exc:
+        api_failure(exc, run_id)
+
+
+def _get_via_api(client, run_id: str, job: str, output: str | None, want_log: bool) -> None:
+    """`artifacts get` through the server: the same checks and the same tree, each file
+    verified twice (the server cuts a stream whose bytes do not match; this side hashes
+    what arrived before it becomes visible) and the listing checked against the record's
+    manifest digest."""
+    from coordinator.api_client import ApiClientError
+    from shared.artifacts.base import ArtifactError, PathError
+    from shared.artifacts.manifest import Manifest, ManifestEntry, download_tree
+    from worker.workspace import workspace_path
+
+    kind = "log" if want_log else "artifact"
+    records = [r for r in _api_records(client, run_id, want_log) if r.get("job") == job and r.get("kind") == kind]
+    if not records:
+        what = "an archived log" if want_log else "artifacts"
+        click.echo(f"error: job '{clean(job)}' of run {run_id} has no {what}", err=True)
+        sys.exit(1)
+    dest = Path(output) if output else Path(workspace_path(Path("."), run_id, job).name)
+    record = records[0]
+    objects = _ApiObjects(client, run_id, job, kind)
+    started = time.monotonic()
+    try:
+        with _progress(objects, record["size"], clean(f"{job}: {record['files']} file(s)")):
+            if want_log:
+                dest.mkdir(parents=True, exist_ok=True)
+                name = Path(record["name"]).name  # its last part only: it cannot point outside DIR
+                objects.paths[record["manifest"]] = name
+                objects.get_file(record["manifest"], dest / (name if name not in ("", ".", "..") else "job.log"),
+                                 record["size"])
+            else:
+                # The listing rebuilt into a manifest: its canonical bytes must hash to the
+                # record's manifest digest (get_bytes checks), so no member was altered.
+                manifest = Manifest(tuple(ManifestEntry(m.get("path"), m.get("digest"), m.get("size"), m.get("mode"),
+                                                        m.get("link_target"))
+                                          for m in record.get("members") or []))
+                objects.blobs[record["manifest"]] = manifest.to_bytes()
+                for entry in manifest.files:
+                    objects.paths.setdefault(entry.sha256, entry.path)  # type: ignore[arg-type]
+                download_tree(objects, record["manifest"], dest)
+    except ApiClientError as exc:
+        if exc.status in (401, 403):
+            api_failure(exc, run_id)
+        click.echo(clean(f"error: {job}: {exc.message}"), err=True)
+        sys.exit(1)
+    except (ArtifactError, PathError) as exc:
+        click.echo(clean(f"error: {job}: {exc}"), err=True)
+        sys.exit(1)
+    click.echo(clean(f"{record['files']} file(s), {record['size']} bytes of {job} -> {dest}/ "
+                     f"in {time.monotonic() - started:.1f}s (sha256-verified)"))
+
+
+class _ApiObjects(BaseStore):
+    """The artifact store as the server serves it, for `download_tree`: an object is read
+    as the first member (path) holding that digest; the manifest is the rebuilt listing.
+    `BaseStore` hashes every object as it arrives and keeps it only if it matches."""
+
+    def __init__(self, client, run_id: str, job: str, kind: str) -> None:
+        super().__init__(retries=0)
+        self.client, self.run_id, self.job, self.kind = client, run_id, job, kind
+        self.paths: dict[str, str] = {}
+        self.blobs: dict[str, bytes] = {}
+
+    def delete(self, digest: str) -> None:
+        raise NotImplementedError("the API only reads artifacts")
+
+    def iter_objects(self):
+        raise NotImplementedError("the API lists artifacts by run, not objects")
+
+    def _read_chunks(self, digest: str):
+        from shared.artifacts.base import ObjectNotFound
+
+        if digest in self.blobs:
+            yield self.blobs[digest]
+            return
+        if digest not in self.paths:
+            raise ObjectNotFound(digest)
+        stream = self.client.artifact_chunks(self.run_id, self.job, self.paths[digest], self.kind)
+        try:
+            yield from stream
+        finally:
+            stream.close()
 
 
 class _progress:

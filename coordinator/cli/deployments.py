@@ -1,20 +1,20 @@
 """`conveyor approve|reject RUN GATE` and `conveyor abort|rollback RUN JOB`: talking to running deployments.
 
-Answers and commands are written to the deployment store (beside the run state); the
-deployment's next tick acts on them. With a broker configured, the command also sends
-an immediate tick (a "nudge") so it does not wait for the next scheduled one.
+The logic lives in coordinator/deploy_control.py (shared with the server's endpoints);
+here are the options, the output and the exit codes. With CONVEYOR_SERVER_URL set the
+answer or command goes through the server's API instead, which records the token's name
+as who answered (so `--by` is refused there).
 """
 from __future__ import annotations
 
 import getpass
 import os
 import sys
-import time
-from typing import Any
+from typing import NoReturn
 
 import click
 
-from coordinator.cli.options import open_run_store, run_id_argument
+from coordinator.cli.options import api_client, api_failure, open_run_store, run_id_argument
 from coordinator.terminal import clean
 
 EXIT_REFUSED = 1
@@ -27,116 +27,100 @@ def _default_user() -> str:
         return "unknown"
 
 
-by_option = click.option("--by", "by", default=None, metavar="NAME", help="Who answers (default: $USER).")
+by_option = click.option("--by", "by", default=None, metavar="NAME",
+                         help="Who answers (default: $USER; through the server: the token's name).")
+comment_option = click.option("--comment", default=None, metavar="TEXT",
+                              help="A note stored with the answer (at most 1000 characters).")
 
 
-def _open(run_id: str) -> tuple[Any, Any, dict]:
-    """(settings, state store, plan dict); exit 3 when the run is unknown."""
-    settings, store = open_run_store(run_id)
-    return settings, store, store.get_plan(run_id)
-
-
-def _refuse(message: str) -> None:
+def _refuse(message: str) -> NoReturn:
     click.echo(clean(f"error: {message}"), err=True)  # gate, job and state names come from the run
     sys.exit(EXIT_REFUSED)
 
 
-def _gates(plan: dict) -> dict[str, list[str]]:
-    """Gate name -> deployment jobs that have it."""
-    from deploy.config import DeployConfigError, deploy_gates
+def _warn(warning: str | None) -> None:
+    if warning:
+        click.echo(clean(f"warning: {warning}"), err=True)
 
-    gates: dict[str, list[str]] = {}
-    for name, job in plan.get("jobs", {}).items():
-        if not job.get("deploy"):
-            continue
+
+def _no_by_through_the_server(by: str | None) -> None:
+    if by is not None:
+        raise click.UsageError("--by cannot be used with CONVEYOR_SERVER_URL: the server records the token's name "
+                               "as who answered")
+
+
+def _answer(run_id: str, gate: str, decision: str, by: str | None, comment: str | None) -> None:
+    from coordinator.deploy_control import COMMENT_MAX, ControlError, answer_gate, answer_message
+
+    if comment is not None and len(comment) > COMMENT_MAX:
+        raise click.UsageError(f"--comment has at most {COMMENT_MAX} characters")
+    client = api_client()
+    if client is not None:
+        from coordinator.api_client import ApiClientError
+
+        _no_by_through_the_server(by)
         try:
-            names = deploy_gates(job["deploy"])
-        except (DeployConfigError, KeyError, TypeError, ValueError):
-            continue
-        for gate in names:
-            gates.setdefault(gate, []).append(name)
-    return gates
-
-
-def _nudge(settings: Any, run_id: str, jobs: list[str]) -> None:
-    """An immediate tick for each job, so the answer is acted on now (best effort)."""
-    if settings.embedded:
+            stored = client.answer_gate(run_id, gate, decision, comment)
+        except ApiClientError as exc:
+            api_failure(exc, run_id)
+        click.echo(clean(answer_message(run_id, gate, stored.get("decision", decision), str(stored.get("by")))))
+        _warn(stored.get("warning"))
         return
+    settings, store = open_run_store(run_id)
     try:
-        from deploy.engine import NUDGE
-        from shared.celery_app import create_app
-        from worker.deploy_tasks import enqueue_tick
-
-        app = create_app(settings)
-        for job in jobs:
-            enqueue_tick(app, run_id, job, NUDGE)
-    except Exception as exc:  # the scheduled tick still picks it up within its interval
-        click.echo(clean(f"warning: could not send an immediate tick ({exc}); the next one will act"), err=True)
-
-
-def _answer(run_id: str, gate: str, decision: str, by: str | None) -> None:
-    from deploy.store import deploy_store_for
-    from shared.state.base import iso_ms
-
-    settings, store, plan = _open(run_id)
-    gates = _gates(plan)
-    if gate not in gates:
-        known = ", ".join(sorted(gates)) or "none"
-        _refuse(f"run '{run_id}' has no approval gate '{gate}' (its gates: {known})")
-    answer = {"decision": decision, "by": by or _default_user(), "at": iso_ms(time.time() * 1000)}
-    stored = deploy_store_for(store).answer_gate(run_id, gate, answer)
-    if stored != answer:
-        verb = "approved" if stored.get("decision") == "approve" else "rejected"
-        _refuse(f"gate '{gate}' was already {verb} by {stored.get('by')} at {stored.get('at')}")
-    click.echo(clean(f"gate {gate} of run {run_id}: {'approved' if decision == 'approve' else 'rejected'} "
-                     f"by {answer['by']}"))
-    _nudge(settings, run_id, gates[gate])
+        answer = answer_gate(settings, store, run_id, gate, decision, by or _default_user(), comment)  # type: ignore[arg-type]
+    except ControlError as exc:
+        _refuse(exc.message)
+    click.echo(clean(answer_message(run_id, gate, decision, answer.by)))
+    _warn(answer.warning)
 
 
 @click.command()
 @run_id_argument
 @click.argument("gate")
 @by_option
-def approve(run_id: str, gate: str, by: str | None) -> None:
+@comment_option
+def approve(run_id: str, gate: str, by: str | None, comment: str | None) -> None:
     """Approve a deployment's approval gate (the deployment goes on)."""
-    _answer(run_id, gate, "approve", by)
+    _answer(run_id, gate, "approve", by, comment)
 
 
 @click.command()
 @run_id_argument
 @click.argument("gate")
 @by_option
-def reject(run_id: str, gate: str, by: str | None) -> None:
+@comment_option
+def reject(run_id: str, gate: str, by: str | None, comment: str | None) -> None:
     """Reject a deployment's approval gate (the deployment aborts and restores the stable version)."""
-    _answer(run_id, gate, "reject", by)
+    _answer(run_id, gate, "reject", by, comment)
 
 
 def _command(run_id: str, job: str, kind: str, by: str | None) -> None:
-    from deploy.record import PROMOTED, TERMINAL
-    from deploy.store import deploy_store_for
-    from shared.state.base import iso_ms
+    from coordinator.deploy_control import ControlError, command_message, send_command
 
-    settings, store, plan = _open(run_id)
-    jobs = plan.get("jobs", {})
-    if job not in jobs:
-        _refuse(f"run '{run_id}' has no job '{job}'")
-    if not jobs[job].get("deploy"):
-        _refuse(f"job '{job}' is not a deployment")
-    deploys = deploy_store_for(store)
-    loaded = deploys.load(run_id, job)
-    state = loaded[0]["state"] if loaded else None
-    if state in TERMINAL:
-        hint = " (a blue-green deployment keeps the old instances for keep_old_for seconds only)" \
-            if kind == "rollback" else ""
-        _refuse(f"deployment {job} of run {run_id} already ended ({state}); nothing to {kind}{hint}")
-    if kind == "rollback" and state is not None and state != PROMOTED:
-        click.echo(clean(f"deployment {job} is still in progress ({state}): rolling back means aborting it"), err=True)
-    deploys.add_command(run_id, job, {"type": kind, "by": by or _default_user(), "at": iso_ms(time.time() * 1000)})
-    if loaded is None:
-        click.echo(clean(f"{kind} of {job} in run {run_id} queued: the deployment has not started yet"))
-    else:
-        click.echo(clean(f"{kind} of {job} in run {run_id} requested ({state})"))
-    _nudge(settings, run_id, [job])
+    client = api_client()
+    if client is not None:
+        from coordinator.api_client import ApiClientError
+
+        _no_by_through_the_server(by)
+        try:
+            queued = client.deployment_command(run_id, job, kind)
+        except ApiClientError as exc:
+            api_failure(exc, run_id)
+        if queued.get("notice"):
+            click.echo(clean(str(queued["notice"])), err=True)
+        click.echo(clean(command_message(kind, job, run_id, queued.get("state"))))
+        _warn(queued.get("warning"))
+        return
+    settings, store = open_run_store(run_id)
+    try:
+        result = send_command(settings, store, run_id, job, kind, by or _default_user())  # type: ignore[arg-type]
+    except ControlError as exc:
+        _refuse(exc.message)
+    if result.notice:
+        click.echo(clean(result.notice), err=True)
+    click.echo(clean(result.message))
+    _warn(result.warning)
 
 
 @click.command()

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import sys
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, TypeVar
 
 import click
 
 from coordinator.terminal import clean
+
+if TYPE_CHECKING:
+    from coordinator.api_client import ApiClient, ApiClientError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -95,3 +99,49 @@ def open_run_store(run_id: str):
         click.echo(f"error: unknown run '{run_id}'", err=True)
         sys.exit(EXIT_UNKNOWN_RUN)
     return settings, store
+
+
+# -- through the server ----------------------------------------------------------------------
+
+SERVER_URL_ENV = "CONVEYOR_SERVER_URL"
+TOKEN_ENV = "CONVEYOR_TOKEN"
+EXIT_FAILED = 1
+
+
+def api_mode() -> bool:
+    """Whether commands go through `conveyor server` (CONVEYOR_SERVER_URL is set)."""
+    return bool(os.environ.get(SERVER_URL_ENV, "").strip())
+
+
+def api_client() -> "ApiClient | None":
+    """The server's API client when CONVEYOR_SERVER_URL is set (then no broker or store is
+    opened), else None. A missing or malformed token is a usage error (exit 2); the token
+    itself is never printed."""
+    if not api_mode():
+        return None
+    from coordinator.api_client import ApiClient, ApiClientError
+
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise click.UsageError(f"{SERVER_URL_ENV} is set but {TOKEN_ENV} is not: create a token with "
+                               "`conveyor token create NAME --scope read` on the server and export it")
+    try:
+        return ApiClient(os.environ[SERVER_URL_ENV], token)
+    except ApiClientError as exc:
+        raise click.UsageError(exc.message) from None
+
+
+def api_failure(exc: "ApiClientError", run_id: str | None = None) -> NoReturn:
+    """One `error:` line for a failed API call and the exit code the direct mode would use:
+    3 for an unknown run, else 1. The server's message is untrusted text: it is cleaned."""
+    if exc.status == 404 and exc.code == "not_found" and run_id is not None and exc.message.startswith("no run "):
+        click.echo(f"error: unknown run '{run_id}'", err=True)
+        sys.exit(EXIT_UNKNOWN_RUN)
+    if exc.status == 401:
+        message = f"the server refused the token ({exc.message}); check {TOKEN_ENV}"
+    elif exc.status == 403:
+        message = f"{exc.message} (ask for a token with that scope: `conveyor token create NAME --scope ...`)"
+    else:
+        message = exc.message
+    click.echo(clean(f"error: {message}"), err=True)
+    sys.exit(EXIT_FAILED)

@@ -15,6 +15,7 @@ from coordinator.frontend import variables
 from coordinator.frontend.diagnostics import Diagnostics
 from coordinator.frontend.schema import field_path, validate_substituted
 from coordinator.frontend.yaml_source import Path, SourceMap
+from coordinator.triggers.events import system_variables as trigger_variables
 from shared.units import parse_duration
 from shared import dag, expressions
 from shared.plan import Artifacts, Job, Plan, Resources, RetryPolicy, Step, freeze, frozen_env
@@ -26,7 +27,7 @@ RUN_ID_PLACEHOLDER = "${CONVEYOR_RUN_ID}"
 PROVIDER_VARIABLES = frozenset({"INSTANCE", "VERSION", "PORT", "ADDRESS"})
 PROVIDER_TEMPLATES = frozenset({("provider", "start"), ("provider", "stop"), ("provider", "image"),
                                 ("health_check", "command")})
-STRING_ROOTS = frozenset({"env", "vars", "pipeline"})
+STRING_ROOTS = expressions.TEMPLATE_ROOTS
 IMAGE_RE = re.compile(
     r"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
     r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?"
@@ -56,7 +57,8 @@ def scalar_env(values: Any) -> dict[str, str]:
 
 
 class Compiler:
-    def __init__(self, data: dict, source: SourceMap, out: Diagnostics, parameters: Mapping[str, str], run_id: str):
+    def __init__(self, data: dict, source: SourceMap, out: Diagnostics, parameters: Mapping[str, str], run_id: str,
+                 trigger: Mapping[str, Any] | None = None):
         self.data = data
         self.source = source
         self.out = out
@@ -65,6 +67,19 @@ class Compiler:
         self.parameter_layer = {k: literal(v) for k, v in self.parameters.items()}
         self.run_id = run_id
         self.pipeline = str(data["name"])
+        # The `git` root and the plan's `trigger`: every field of the spec's document, so a
+        # partial one reads like a full one (None: no trigger; expressions read NO_TRIGGER).
+        self.trigger = None if trigger is None else {key: trigger.get(key, default)
+                                                     for key, default in expressions.NO_TRIGGER.items()}
+        # The system variables every job shares, made once: only CONVEYOR_JOB differs.
+        self.system_base = {name: literal(value) for name, value in {
+            "CI": "true",
+            "CONVEYOR": "true",
+            "CONVEYOR_PIPELINE": self.pipeline,
+            "CONVEYOR_RUN_ID": run_id,
+            **trigger_variables(trigger),
+        }.items()}
+        self._pipeline_scope: dict[str, str] | None = None
         self.defaults: dict = data.get("defaults") or {}
         self.global_env = scalar_env(data.get("global_env"))
         policy = data.get("retry_policy") or {}
@@ -79,7 +94,8 @@ class Compiler:
         self.out.error(self.source.nearest(path), message, hint)
 
     def expression(self, env: Mapping[str, str]) -> Callable[[str], str]:
-        context = expressions.Context(env=env, vars=self.parameters, pipeline={"name": self.pipeline})
+        context = expressions.Context(env=env, vars=self.parameters, pipeline={"name": self.pipeline},
+                                      git=self.trigger)
 
         def evaluate(source: str) -> str:
             problems = expressions.check(source, roots=STRING_ROOTS, status_functions=False)
@@ -137,16 +153,33 @@ class Compiler:
             return text
 
     def pipeline_scope(self) -> dict[str, str]:
-        """The variables of what belongs to no job (`environments:`): run parameters,
-        `global_env` and the system variables of the run."""
-        system = {k: v for k, v in self.system_env("").items() if k != "CONVEYOR_JOB"}
-        layers = [self.parameter_layer, self.global_env, system]
-        try:
-            return variables.resolve_layers(layers, expression=lambda source: self.expression(_merge(layers))(source))
-        except variables.VariableErrorGroup as group:
-            # Each job resolves the same layers and reports these errors; a reference to a
-            # broken variable is then reported here as undefined.
-            return group.partial
+        """The variables of what belongs to no job (`environments:`, `concurrency:`): run
+        parameters, `global_env` and the system variables of the run (trigger ones included)."""
+        if self._pipeline_scope is None:
+            layers = [self.parameter_layer, self.global_env, self.system_base]
+            try:
+                self._pipeline_scope = variables.resolve_layers(
+                    layers, expression=lambda source: self.expression(_merge(layers))(source))
+            except variables.VariableErrorGroup as group:
+                # Each job resolves the same layers and reports these errors; a reference to a
+                # broken variable is then reported here as undefined.
+                self._pipeline_scope = group.partial
+        return self._pipeline_scope
+
+    def compile_concurrency(self) -> dict[str, Any] | None:
+        """`concurrency:` with its group substituted, `{"group", "cancel_in_progress"}`.
+
+        A group may come out `""` (`${CONVEYOR_BRANCH}` on a tag push or a local run): it is
+        a group like any other, not an error, so the same file loads for every event.
+        """
+        raw = self.data.get("concurrency")
+        if raw is None:
+            return None
+        group_path: Path = ("concurrency", "group")
+        if isinstance(raw, str):  # the short form: `concurrency: NAME`
+            raw, group_path = {"group": raw}, ("concurrency",)
+        group = self.substitute(raw["group"], self.pipeline_scope(), group_path)
+        return {"group": group, "cancel_in_progress": raw.get("cancel_in_progress", False)}
 
     def compile_environments(self) -> dict[str, Any]:
         """`environments:` with variables substituted in every string field, then checked
@@ -183,14 +216,7 @@ class Compiler:
 
     # -- jobs ----------------------------------------------------------------------
     def system_env(self, job: str) -> dict[str, str]:
-        values = {
-            "CI": "true",
-            "CONVEYOR": "true",
-            "CONVEYOR_PIPELINE": self.pipeline,
-            "CONVEYOR_RUN_ID": self.run_id,
-            "CONVEYOR_JOB": job,
-        }
-        return {name: literal(value) for name, value in values.items()}
+        return {**self.system_base, "CONVEYOR_JOB": literal(job)}
 
     def compile_job(self, base: str, raw: dict, expansion: matrix_mod.Expansion, depends_on: tuple[str, ...]) -> Job | None:
         path: Path = ("jobs", base)
@@ -294,6 +320,7 @@ class Compiler:
                 if job is not None:
                     jobs[job.name] = job
         environments = self.compile_environments()
+        concurrency = self.compile_concurrency()
         if self.out.has_errors:
             return None
         graph = {name: job.depends_on for name, job in jobs.items()}
@@ -314,6 +341,8 @@ class Compiler:
             parameters=frozen_env(self.parameters),
             environments=freeze(environments),
             triggers=tuple(freeze(t) for t in self.data.get("triggers") or ()),
+            concurrency=freeze(concurrency),
+            trigger=freeze(self.trigger),
         )
 
 
@@ -325,5 +354,5 @@ def _merge(layers: list[dict[str, str]]) -> dict[str, str]:
 
 
 def compile_plan(data: dict, source: SourceMap, out: Diagnostics, parameters: Mapping[str, str] | None = None,
-                 run_id: str = RUN_ID_PLACEHOLDER) -> Plan | None:
-    return Compiler(data, source, out, parameters or {}, run_id).compile()
+                 run_id: str = RUN_ID_PLACEHOLDER, trigger: Mapping[str, Any] | None = None) -> Plan | None:
+    return Compiler(data, source, out, parameters or {}, run_id, trigger).compile()

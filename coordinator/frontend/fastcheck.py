@@ -19,7 +19,7 @@ _TYPES: dict[str, Any] = {
     "dict": lambda v: isinstance(v, dict),
     "list": lambda v: isinstance(v, list),
 }
-SUPPORTED = {"type", "required", "min", "max", "regex", "allowed", "empty", "minlength", "maxlength",
+SUPPORTED = {"type", "required", "nullable", "min", "max", "regex", "allowed", "empty", "minlength", "maxlength",
              "schema", "keysrules", "valuesrules"}
 
 
@@ -30,7 +30,7 @@ def _pattern(regex: str) -> re.Pattern[str]:
 
 def _value_ok(rules: dict, value: Any) -> bool:
     if value is None:
-        return False  # cerberus: nullable defaults to False
+        return rules.get("nullable") is True  # cerberus: nullable defaults to False
     wanted = rules.get("type")
     if wanted is not None:
         names = wanted if isinstance(wanted, list) else [wanted]

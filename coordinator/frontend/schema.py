@@ -221,6 +221,20 @@ PIPELINE = {
         },
     },
     "triggers": {"type": "list", "schema": {"type": "dict"}},
+    # Which events start the pipeline. Its contents are checked by the trigger logic's own
+    # parser (coordinator/triggers/filters.parse_on, called by frontend/on_section.py), so
+    # the server and the front end can never disagree on what a valid `on:` is.
+    "on": {"nullable": True},
+    # `concurrency: NAME` is short for `{group: NAME}`, as in GitHub Actions. The group is
+    # substituted like `environments:` (compiler.compile_concurrency).
+    "concurrency": {
+        "type": ["string", "dict"],
+        "empty": False,
+        "schema": {
+            "group": {"type": "string", "required": True, "empty": False},
+            "cancel_in_progress": {"type": "boolean"},
+        },
+    },
     "environments": {
         "type": "dict",
         "keysrules": {"type": "string", "regex": NAME_RE},

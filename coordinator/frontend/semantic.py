@@ -16,7 +16,7 @@ from coordinator.frontend.yaml_source import Path, SourceMap
 from shared import dag, expressions
 
 BUILTIN_ACTIONS = ("noop",)
-CONDITION_ROOTS = frozenset({"env", "vars", "jobs", "pipeline"})
+CONDITION_ROOTS = expressions.KNOWN_ROOTS  # every root, `jobs` and `git` included
 
 
 def escapes_workspace(path: str) -> bool:

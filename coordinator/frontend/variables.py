@@ -378,11 +378,12 @@ class _LayerResolver:
     def __init__(self, layers: Sequence[Mapping[str, str]], expression: Expression | None):
         self._layers = list(layers)
         self._expression = expression
-        # Lowest precedence first: the order an environment is built up in, and
-        # the order of the file (global_env before jobs, jobs before steps).
-        self._names: dict[str, None] = {}
-        for layer in reversed(self._layers):
-            self._names.update(dict.fromkeys(layer))
+        # Each name and the highest-precedence layer defining it, in lowest-precedence-first
+        # order: the order an environment is built up in, and the order of the file
+        # (global_env before jobs, jobs before steps). A later update of a name keeps its place.
+        self._names: dict[str, int] = {}
+        for k in range(len(self._layers) - 1, -1, -1):
+            self._names.update(dict.fromkeys(self._layers[k], k))
         self._done: dict[tuple[str, int], tuple[str, tuple[str, ...]]] = {}
         self._failed: set[tuple[str, int]] = set()
         self._errors: list[tuple[str, VariableError]] = []
@@ -400,9 +401,13 @@ class _LayerResolver:
 
     def run(self) -> dict[str, str]:
         resolved: dict[str, str] = {}
-        for name in self._names:
-            k = self._find(name)
-            assert k is not None
+        for name, k in self._names.items():
+            raw = self._layers[k][name]
+            if "$" not in raw:
+                # Most values (system variables, plain settings) need nothing: skip the
+                # memo and chain bookkeeping of _value, which would give `raw` back.
+                resolved[name] = raw
+                continue
             try:
                 resolved[name] = self._value(name, k, ())[0]
             except _Failed:
@@ -446,7 +451,7 @@ class _LayerResolver:
         def lookup(ref: str) -> str | None:
             nonlocal deepest_below
             # A value naming its own variable means the lower layers' value: PATH=/x:${PATH}.
-            layer = self._find(ref, k if ref == name else -1)
+            layer = self._find(ref, k) if ref == name else self._names.get(ref)
             if layer is None:
                 return None
             value, deepest = self._value(ref, layer, here)

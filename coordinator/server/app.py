@@ -8,6 +8,7 @@ shape `{"error": {"code", "message"}}`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from coordinator import status_view
 from coordinator.run_status import full_status_json
 from coordinator.server.common import CODES, ApiError, Services, error_response, known_run, requires, services
+from coordinator.server.plan_cache import PlanCachingStore
+from coordinator.server.runtime import ServerRuntime, build_runtime
 from shared.config import Settings
 from shared.state import open_state
 from shared.state.base import TERMINAL, StateStore
@@ -31,16 +34,38 @@ FOLLOW_POLL_S = 0.25
 LOG_PAGE = 1000
 
 
-def create_app(settings: Settings, store: StateStore | None = None, tokens: TokenStore | None = None) -> FastAPI:
-    """The server's ASGI app; ``store``/``tokens`` default to those of ``settings``."""
+def create_app(settings: Settings, store: StateStore | None = None, tokens: TokenStore | None = None,
+               runtime: ServerRuntime | None = None) -> FastAPI:
+    """The server's ASGI app; ``store``/``tokens``/``runtime`` default to those of ``settings``.
+
+    The runtime's watcher (final commit statuses, concurrency groups, schedules) runs while
+    the app is being served (its lifespan).
+    """
+    store = store or open_state(settings.effective_state_url)
+    if not isinstance(store, PlanCachingStore):
+        store = PlanCachingStore(store)  # type: ignore[assignment]
+    runtime = runtime or build_runtime(settings, store)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runtime.start()
+        try:
+            yield
+        finally:
+            runtime.stop()
+
     app = FastAPI(title="Conveyor", version="1", docs_url="/api/docs", redoc_url=None,
-                  openapi_url="/api/openapi.json")
-    app.state.services = Services(settings, store or open_state(settings.effective_state_url),
-                                  tokens or open_tokens(settings.effective_state_url))
+                  openapi_url="/api/openapi.json", lifespan=lifespan)
+    app.state.services = Services(settings, store, tokens or open_tokens(settings.effective_state_url), runtime)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message)
+        response = error_response(exc.status, exc.code, exc.message)
+        diagnostics = getattr(exc, "diagnostics", None)
+        if diagnostics is not None:  # 422 of an invalid pipeline: the items as well as the text
+            response = JSONResponse({"error": {"code": exc.code, "message": exc.message,
+                                               "diagnostics": diagnostics}}, status_code=exc.status)
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -61,6 +86,7 @@ def create_app(settings: Settings, store: StateStore | None = None, tokens: Toke
         try:
             svc.store.list_runs(1)
             svc.tokens.list()
+            svc.runtime.coordination.ping()
         except Exception as exc:  # the store is down: not ready, the load balancer looks elsewhere
             return error_response(503, "unavailable", f"state store unreachable: {type(exc).__name__}")
         return JSONResponse({"status": "ready"})
@@ -89,9 +115,12 @@ def create_app(settings: Settings, store: StateStore | None = None, tokens: Toke
                 svc: Services = Depends(services)) -> dict[str, Any]:
         """The same JSON as `conveyor status RUN --format json`."""
         known_run(svc, run_id)
-        view = full_status_json(svc.settings, svc.store, run_id)
+        view = full_status_json(svc.settings, svc.store, run_id, svc.artifact_view())
         if view is None:
             raise ApiError(404, "not_found", f"no run {run_id!r}")
+        # What the servers did about the run beyond its jobs: commit statuses, fork safety,
+        # concurrency (coordinator/server/coordination.py, notes).
+        view["events"] = svc.runtime.coordination.notes(run_id)
         return view
 
     @app.get("/api/v1/runs/{run_id}/jobs/{job}/log", response_model=None)
@@ -122,12 +151,27 @@ def create_app(settings: Settings, store: StateStore | None = None, tokens: Toke
     # Each part of the API is a router in its own module (common.py has what they share).
     for router in _routers():
         app.include_router(router)
+    # CSP, nosniff, no framing, same-origin referrers on every answer (the web UI's rules).
+    from coordinator.server.ui.pages import SecurityHeaders
+    app.add_middleware(SecurityHeaders)
     return app
 
 
 def _routers() -> list[APIRouter]:
     routers: list[APIRouter] = []
     # -- routers (one line per module) --
+    from coordinator.server import hooks
+    routers.append(hooks.router)
+    from coordinator.server import api_trigger
+    routers.append(api_trigger.router)
+    from coordinator.server import api_deployments
+    routers.append(api_deployments.router)
+    from coordinator.server import api_artifacts
+    routers.append(api_artifacts.router)
+    from coordinator.server import api_events
+    routers.append(api_events.router)
+    from coordinator.server.ui import pages
+    routers.append(pages.router)
     return routers
 
 

@@ -147,15 +147,33 @@ class TriggerEvent:
         request `CONVEYOR_BRANCH` is its head branch and `CONVEYOR_REF` the forge's
         `refs/pull/N/head` (GitLab `refs/merge-requests/N/head`).
         """
-        return {
-            "CONVEYOR_EVENT": self.event,
-            "CONVEYOR_REPOSITORY": self.repository,
-            "CONVEYOR_REF": self.ref,
-            "CONVEYOR_BRANCH": self.branch,
-            "CONVEYOR_TAG": self.tag,
-            "CONVEYOR_COMMIT_SHA": self.sha,
-            "CONVEYOR_PR_NUMBER": "" if self.pr is None else str(self.pr.number),
-        }
+        return system_variables(self.to_dict())
+
+
+def system_variables(trigger: Mapping[str, Any] | None) -> dict[str, str]:
+    """The trigger system variables of a `trigger` document (`TriggerEvent.to_dict()`, as
+    stored with a run and given to the pipeline front end).
+
+    None — a run no trigger started (`conveyor run` on a local file) — and missing fields
+    give `""`, as for a field that does not apply, so `${CONVEYOR_BRANCH:-main}` works
+    the same everywhere.
+    """
+    doc: Mapping[str, Any] = trigger or {}
+    pr = doc.get("pr")
+    number = pr.get("number") if isinstance(pr, Mapping) else None
+    return {
+        "CONVEYOR_EVENT": _text(doc.get("event")),
+        "CONVEYOR_REPOSITORY": _text(doc.get("repository")),
+        "CONVEYOR_REF": _text(doc.get("ref")),
+        "CONVEYOR_BRANCH": _text(doc.get("branch")),
+        "CONVEYOR_TAG": _text(doc.get("tag")),
+        "CONVEYOR_COMMIT_SHA": _text(doc.get("sha")),
+        "CONVEYOR_PR_NUMBER": _text(number),
+    }
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
 
 
 ParseResult = TriggerEvent | Ignored

@@ -54,11 +54,16 @@ Path = tuple[str | int, ...]  # as coordinator/frontend/yaml_source.Path, to loo
 
 
 class OnError(ValueError):
-    """An invalid `on:` entry. `path` is its place in the pipeline document, e.g. ("on", "push", "branches", 1)."""
+    """An invalid `on:` entry. `path` is its place in the pipeline document, e.g. ("on", "push", "branches", 1).
 
-    def __init__(self, path: Path, message: str) -> None:
+    For an unknown key (the last part of `path`), `allowed` lists the keys allowed
+    there, so the pipeline front end can suggest the one that was meant.
+    """
+
+    def __init__(self, path: Path, message: str, allowed: tuple[str, ...] = ()) -> None:
         self.path = path
         self.message = message
+        self.allowed = allowed
         super().__init__(f"{dotted(path)}: {message}")
 
 
@@ -204,7 +209,7 @@ def _mapping(path: Path, value: object, hint: str) -> Mapping[str, Any]:
 def _known_keys(path: Path, mapping: Mapping[str, Any], allowed: Sequence[str]) -> None:
     for key in mapping:
         if key not in allowed:
-            raise OnError(path + (str(key),), f"unknown key; allowed here: {', '.join(allowed)}")
+            raise OnError(path + (str(key),), f"unknown key; allowed here: {', '.join(allowed)}", tuple(allowed))
 
 
 def _filter_fields(path: Path, value: object, allowed: Sequence[str]) -> dict[str, tuple[str, ...]]:

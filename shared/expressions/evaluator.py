@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Callable
 
 from .functions import (
@@ -46,9 +47,17 @@ from .parser import (
 from .tokenizer import ExpressionError
 from shared.suggest import closest
 
-KNOWN_ROOTS = frozenset({"env", "vars", "jobs", "pipeline"})
+KNOWN_ROOTS = frozenset({"env", "vars", "jobs", "pipeline", "git"})
 JOB_PROPERTIES = ("status",)
 JOB_STATUSES = ("pending", "running", "retrying", "success", "failed", "cancelled", "skipped")
+
+NO_TRIGGER: Mapping[str, object] = MappingProxyType({
+    "event": "", "repository": "", "ref": "", "branch": "", "tag": "", "sha": "", "before": "",
+    "actor": "", "pr": None, "delivery": "",
+})
+"""The ``git`` root of a run no trigger started (``conveyor run`` on a local file): the
+keys of the server's ``trigger`` document (coordinator.triggers.events.TriggerEvent.to_dict),
+every text field ``""`` and ``pr`` null, so ``git.branch == 'main'`` is simply false."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,9 @@ class Context:
     pipeline: Mapping[str, object] = field(default_factory=dict)
     dependency_results: Mapping[str, tuple[str, bool]] = field(default_factory=dict)
     run_cancelled: bool = False
+    # The run's trigger document (``git.branch``, ``git.pr.fork``...); None for a run no
+    # trigger started, which reads as NO_TRIGGER.
+    git: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +226,8 @@ class _Evaluation:
             return _JobsView(self.context.jobs)
         if name == "pipeline":
             return self.context.pipeline
+        if name == "git":
+            return self.context.git if self.context.git is not None else NO_TRIGGER
         raise ExpressionError(_unknown_root(name, KNOWN_ROOTS), node.offset)
 
 
@@ -262,8 +276,9 @@ def _unknown_root(name: str, roots: frozenset[str]) -> str:
 
 
 DEFAULT_ROOTS = KNOWN_ROOTS
-TEMPLATE_ROOTS = frozenset({"env", "vars", "pipeline"})
-"""Roots available in ``${{ }}`` inside strings, compiled before any job has run."""
+TEMPLATE_ROOTS = frozenset({"env", "vars", "pipeline", "git"})
+"""Roots available in ``${{ }}`` inside strings, compiled before any job has run (the
+trigger is known by then: it started the run)."""
 
 
 def check(

@@ -299,7 +299,6 @@ def test_log_lines(text: str, lines: list[str]) -> None:
     assert log_lines(text) == lines
 
 
-@pytest.mark.slow
 def test_follow_a_run_in_redis(redis_url: str) -> None:
     redis_store = open_state(redis_url)
     try:

@@ -321,7 +321,6 @@ def test_first_delivery_creates_the_mirror_and_a_present_commit_is_not_fetched_a
     assert mirror.has_commit(c1) and mirror.has_commit(c2)
 
 
-@pytest.mark.slow
 def test_a_later_delivery_transfers_only_the_new_objects(
         root: Path, upstream: Upstream, http_upstream: GitHttpServer) -> None:
     c1 = upstream.commit({"big.bin": os.urandom(1024 * 1024), "a": "1"})  # incompressible
@@ -410,7 +409,6 @@ def test_fetch_ref_resolves_a_branch_for_api_triggers(root: Path, upstream: Upst
 
 # -- concurrency -------------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_twenty_concurrent_deliveries_in_threads_fetch_once(
         root: Path, upstream: Upstream, http_upstream: GitHttpServer) -> None:
     c1 = upstream.commit({PIPELINE: "v1"})
@@ -453,7 +451,6 @@ with ThreadPoolExecutor(10) as pool:
 """
 
 
-@pytest.mark.slow
 def test_twenty_concurrent_deliveries_in_two_processes_fetch_once(
         root: Path, upstream: Upstream, http_upstream: GitHttpServer, tmp_path: Path) -> None:
     c1 = upstream.commit({PIPELINE: "v1"})
@@ -499,7 +496,6 @@ def test_a_delivery_waits_for_another_process_holding_the_mirror(root: Path, ups
     assert mirror.ensure_commit(c1, "refs/heads/main", timeout=30).fetched  # released: it goes ahead
 
 
-@pytest.mark.slow
 def test_a_hanging_fetch_times_out_without_credentials_and_leaves_a_usable_mirror(
         root: Path, upstream: Upstream, hanging_url: str) -> None:
     c1 = upstream.commit({"a": "1"})
@@ -793,7 +789,6 @@ def test_a_hostile_tree_is_refused_and_nothing_lands_outside(
     assert not (tmp_path / "outside-x").exists() and not (tmp_path / "export").exists()
 
 
-@pytest.mark.slow
 def test_a_snapshot_restored_by_the_workers_code_equals_the_tree_at_that_commit(
         root: Path, upstream: Upstream, tmp_path: Path, s3_endpoint: str, s3_bucket: str) -> None:
     from coordinator.frontend import load_text

@@ -22,9 +22,11 @@ from coordinator.status_view import (
 from shared.state import Claim, JobMeta, StateStore, UnknownRun, open_state
 
 ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-RUN_KEYS = {"run_id", "pipeline", "status", "created_at", "finished_at", "jobs"}
+# The spec's keys, plus what lets any client draw `conveyor status` from the JSON alone
+# (cancel_requested, level, allow_failure) and the attempts.
+RUN_KEYS = {"run_id", "pipeline", "status", "created_at", "finished_at", "cancel_requested", "jobs"}
 JOB_KEYS = {"status", "attempts", "worker", "started_at", "finished_at", "exit_code", "reason", "artifacts",
-            "attempt_history"}
+            "attempt_history", "level", "allow_failure"}
 ATTEMPT_KEYS = {"number", "worker", "started_at", "finished_at", "exit_code", "reason", "retry_delay"}
 
 # Stored in this order on purpose: the views must follow the plan's levels instead.
@@ -87,7 +89,10 @@ def test_status_json_has_exactly_the_spec_keys_in_plan_order(store: StateStore) 
     pending = doc["jobs"]["deploy"]
     assert pending == {"status": "pending", "attempts": 0, "worker": None, "started_at": None,
                        "finished_at": None, "exit_code": None, "reason": None, "artifacts": [],
-                       "attempt_history": []}
+                       "attempt_history": [], "level": 2, "allow_failure": False}
+    assert [job["level"] for job in doc["jobs"].values()] == [0, 1, 1, 2]
+    assert [name for name, job in doc["jobs"].items() if job["allow_failure"]] == ["lint"]
+    assert doc["cancel_requested"] is False
 
 
 def test_status_json_attempt_history_records_each_retry(store: StateStore) -> None:

@@ -145,7 +145,6 @@ def harness(tmp_path, haproxy, ports, app_state, monkeypatch) -> Harness:
     return Harness(tmp_path, haproxy, ports, app_state, monkeypatch)
 
 
-@pytest.mark.slow
 def test_rolling_update_under_load_fails_no_request(harness: Harness) -> None:
     harness.install("v1")
     assert harness.weights() == {"web1": 50, "web2": 50}
@@ -169,7 +168,6 @@ def test_rolling_update_under_load_fails_no_request(harness: Harness) -> None:
     assert "updated server=web1" in logs and "finished status=success" in logs
 
 
-@pytest.mark.slow
 def test_canary_with_errors_aborts_and_restores_stable(harness: Harness) -> None:
     harness.install("v1")
     with Load(harness.haproxy.url, interval=0.005):
@@ -189,7 +187,6 @@ def test_canary_with_errors_aborts_and_restores_stable(harness: Harness) -> None
     assert "spare1" not in harness.router.servers()
 
 
-@pytest.mark.slow
 def test_drift_is_repaired_and_cancel_aborts(harness: Harness) -> None:
     harness.install("v1")
     run_id = harness.deploy("""\
@@ -210,7 +207,6 @@ def test_drift_is_repaired_and_cancel_aborts(harness: Harness) -> None:
     assert harness.weights() == {"web1": 50, "web2": 50}
 
 
-@pytest.mark.slow
 def test_stale_and_locked_ticks_do_nothing(harness: Harness) -> None:
     harness.install("v1")
     run_id = harness.deploy("""\

@@ -84,7 +84,6 @@ def test_an_unreachable_socket_is_transient(tmp_path: Path) -> None:
 # -- slow: a real haproxy -------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_reads_servers_with_state_weight_and_health(haproxy, app_state, ports) -> None:
     router = HAProxyRouter(haproxy.admin, "web")
     servers = router.servers()
@@ -97,13 +96,11 @@ def test_reads_servers_with_state_weight_and_health(haproxy, app_state, ports) -
     assert not router.servers()["web2"].up
 
 
-@pytest.mark.slow
 def test_unknown_backend_is_an_error(haproxy) -> None:
     with pytest.raises(RouterError, match="no backend"):
         HAProxyRouter(haproxy.admin, "nope").servers()
 
 
-@pytest.mark.slow
 def test_add_weight_state_counters_and_delete(haproxy, app_state, ports) -> None:
     router = HAProxyRouter(haproxy.admin, "web")
     start_app(app_state, "web1", "v1", ports["web1"])
@@ -135,7 +132,6 @@ def test_add_weight_state_counters_and_delete(haproxy, app_state, ports) -> None
     assert "spare1" not in router.servers()
 
 
-@pytest.mark.slow
 def test_drain_keeps_the_server_but_sends_it_nothing(haproxy, app_state, ports) -> None:
     router = HAProxyRouter(haproxy.admin, "web")
     start_app(app_state, "web1", "v1", ports["web1"])
@@ -149,7 +145,6 @@ def test_drain_keeps_the_server_but_sends_it_nothing(haproxy, app_state, ports) 
     assert {get(haproxy.url)[1].strip() for _ in range(20)} == {"v1", "v2"}
 
 
-@pytest.mark.slow
 def test_set_address_moves_a_server(haproxy, app_state, ports) -> None:
     router = HAProxyRouter(haproxy.admin, "web")
     start_app(app_state, "spare2", "moved", ports["spare2"])
@@ -161,7 +156,6 @@ def test_set_address_moves_a_server(haproxy, app_state, ports) -> None:
     assert get(haproxy.url)[1].strip() == "moved"
 
 
-@pytest.mark.slow
 def test_errors_are_reported_per_action(haproxy) -> None:
     router = HAProxyRouter(haproxy.admin, "web")
     outcomes = router.apply([SetWeight("web1", 7), SetWeight("ghost", 3), SetState("web2", "drain")])

@@ -82,7 +82,6 @@ def test_an_instance_left_running_does_not_block_start(tmp_path: Path) -> None:
         os.kill(pid, signal.SIGTERM)
 
 
-@pytest.mark.slow
 def test_demo_scripts_start_replace_and_stop(app_state: Path, monkeypatch) -> None:
     from tests.deploy.services import CTL, get
 
@@ -127,7 +126,6 @@ def app_images(docker_client, busybox_image):
     return TEST_IMAGE
 
 
-@pytest.mark.slow
 def test_docker_provider_runs_replaces_hardens_and_removes(docker_client, app_images) -> None:
     from deploy.providers.docker import LABEL_INSTANCE, LABEL_VERSION, DockerProvider
 
@@ -155,7 +153,6 @@ def test_docker_provider_runs_replaces_hardens_and_removes(docker_client, app_im
         provider.stop(instance)
 
 
-@pytest.mark.slow
 def test_docker_provider_reports_a_crashing_or_missing_image(docker_client, app_images) -> None:
     from deploy.providers.docker import DockerProvider
 

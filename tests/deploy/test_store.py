@@ -12,7 +12,7 @@ from deploy.store import deploy_store_for, open_deploy_store
 from deploy.store.base import DeployStore
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.slow)])
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.services)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DeployStore]:
     if request.param == "redis":
         import redis

@@ -13,7 +13,6 @@ import pytest
 
 from shared.artifacts.s3 import make_client
 
-pytestmark = pytest.mark.slow
 
 BIG_MB = 50
 SMALL_FILES = 2000
@@ -76,6 +75,7 @@ def _uploaded_new(log: str) -> str:
     return match.group(1)
 
 
+@pytest.mark.slow
 def test_artifacts_and_source_travel_between_workers_and_dedupe(s3_cluster) -> None:
     pipeline = s3_cluster.pipeline(HANDOVER)
     (pipeline.parent / "input.txt").write_text("from the source snapshot\n")
@@ -107,6 +107,7 @@ def test_artifacts_and_source_travel_between_workers_and_dedupe(s3_cluster) -> N
     assert (out / "out" / "big.bin").stat().st_size == BIG_MB * 1000 * 1000
 
 
+@pytest.mark.slow
 def test_a_flipped_byte_fails_the_download_and_verify(s3_cluster, s3_endpoint: str, s3_bucket: str) -> None:
     pipeline = s3_cluster.pipeline("""
         name: rot
@@ -167,6 +168,7 @@ def test_artifact_paths_that_leave_the_workspace_fail_the_job(s3_cluster) -> Non
     assert job["artifacts"] == []
 
 
+@pytest.mark.slow
 def test_gc_keeps_what_a_waiting_job_will_download(s3_cluster) -> None:
     pipeline = s3_cluster.pipeline("""
         name: held

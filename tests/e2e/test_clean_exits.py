@@ -18,7 +18,6 @@ import pytest
 
 from tests.cluster import ROOT, Cluster, running_cluster
 
-pytestmark = pytest.mark.slow
 
 # Groups and chords, one nested in another's header: what makes Celery watch results in
 # the submitting process (several result objects per task, in the nested case).

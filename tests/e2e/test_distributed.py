@@ -17,7 +17,6 @@ import redis
 
 from tests.services import free_port, wait_for_port
 
-pytestmark = pytest.mark.slow
 
 IMAGE = "conveyor-test/busybox"
 
@@ -26,6 +25,7 @@ def ts(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", ["docker", "local"], indirect=True)
 def test_diamond_runs_across_two_workers(cluster) -> None:
     cluster.worker("w1")
@@ -54,6 +54,7 @@ def test_diamond_runs_across_two_workers(cluster) -> None:
     assert "from-d" in cluster.logs(run_id, "d")
 
 
+@pytest.mark.slow
 def test_failure_skips_dependents_runs_cleanup_and_allows_failure(cluster) -> None:
     cluster.worker("w1")
     cluster.worker("w2")
@@ -81,6 +82,7 @@ def test_failure_skips_dependents_runs_cleanup_and_allows_failure(cluster) -> No
     assert "testing" in test_log and "never" not in test_log
 
 
+@pytest.mark.slow
 def test_retries_with_backoff_then_success(cluster, tmp_path) -> None:
     cluster.worker("w1")
     pipeline = cluster.pipeline(f"""
@@ -107,6 +109,7 @@ def test_retries_with_backoff_then_success(cluster, tmp_path) -> None:
     assert gap >= delays[0] - 0.05
 
 
+@pytest.mark.slow
 def test_step_timeout_and_oom(cluster) -> None:
     cluster.worker("w1")
     pipeline = cluster.pipeline(f"""
@@ -159,6 +162,7 @@ def test_secrets_are_injected_and_masked_everywhere(cluster) -> None:
         assert secret not in path.read_text()
 
 
+@pytest.mark.slow
 def test_cancel_mid_run(cluster) -> None:
     cluster.worker("w1")
     pipeline = cluster.pipeline(f"""
@@ -183,6 +187,7 @@ def test_cancel_mid_run(cluster) -> None:
     assert status["jobs"]["later"]["status"] == "cancelled"
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_job_reruns_once_on_other_worker(cluster) -> None:
     victim = cluster.worker("victim", concurrency=1, CONVEYOR_VISIBILITY_TIMEOUT="8")
     pipeline = cluster.pipeline(f"""
@@ -213,6 +218,7 @@ def test_worker_killed_mid_job_reruns_once_on_other_worker(cluster) -> None:
     assert leftovers() == []
 
 
+@pytest.mark.slow
 def test_visibility_timeout_shorter_than_job_runs_once(cluster) -> None:
     cluster.worker("w1", concurrency=2, CONVEYOR_VISIBILITY_TIMEOUT="2")
     cluster.worker("w2", concurrency=2, CONVEYOR_VISIBILITY_TIMEOUT="2")
@@ -230,6 +236,7 @@ def test_visibility_timeout_shorter_than_job_runs_once(cluster) -> None:
     assert cluster.logs(run_id, "work").count("$ echo once") == 1
 
 
+@pytest.mark.slow
 def test_pipeline_timeout_cancels_the_run(cluster) -> None:
     cluster.worker("w1")
     pipeline = cluster.pipeline(f"""

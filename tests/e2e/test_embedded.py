@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -20,6 +19,7 @@ def conveyor(tmp_path: Path, *args: str, cwd: Path | None = None) -> subprocess.
                           capture_output=True, text=True, timeout=180)
 
 
+@pytest.mark.slow
 def test_run_example_embedded_then_inspect_afterwards(tmp_path: Path) -> None:
     result = conveyor(tmp_path, "run", "examples/fan-out-fan-in.yml", "--executor", "local")
     assert result.returncode == 0, result.stdout + result.stderr

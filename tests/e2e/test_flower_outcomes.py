@@ -23,7 +23,6 @@ import pytest
 from tests.cluster import ROOT, Cluster, running_cluster
 from tests.services import free_port, wait_for_port
 
-pytestmark = pytest.mark.slow
 
 AUTH = "admin:fl0wer-pw"
 FINAL_STATES = {"SUCCESS", "FAILURE", "REVOKED", "SKIPPED"}

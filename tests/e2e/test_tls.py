@@ -15,7 +15,6 @@ import pytest
 from tests.cluster import ROOT, Cluster
 from tests.services import REDIS_SERVER, free_port
 
-pytestmark = pytest.mark.slow
 
 PASSWORD = "s3cret-pw"
 

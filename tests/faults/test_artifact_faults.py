@@ -15,7 +15,7 @@ from shared.artifacts.s3 import make_client
 from tests.faults.proxy import OutageProxy
 from tests.services import start_moto
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 OUTAGE_SECONDS = 10
 BIG_MB = 20

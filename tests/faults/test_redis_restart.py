@@ -16,7 +16,7 @@ from shared.state.redis import RedisState
 from tests.faults.cluster import ReapingCluster, ts
 from tests.services import free_port, start_redis
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 PIPELINE_TIMEOUT = 60
 OUTAGE_SECONDS = 3

@@ -18,11 +18,11 @@ import pytest
 from worker.executors.contract import JobSpec, StepSpec
 from worker.executors.docker import LABEL_WORKER, DockerExecutor
 
-pytestmark = pytest.mark.slow
 
 JOBS = 20
 
 
+@pytest.mark.slow
 def test_twenty_jobs_finishing_at_once_leave_nothing(tmp_path: Path, docker_client, busybox_image) -> None:
     worker = f"races-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     executor = DockerExecutor(docker_client, scripts_root=tmp_path / "jobs")

@@ -88,7 +88,6 @@ def _worker(env: dict[str, str], *args: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
-@pytest.mark.slow
 def test_a_worker_without_docker_and_without_an_executor_setting_refuses_to_start(redis_url, tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env.update(CONVEYOR_BROKER_URL=redis_url, CONVEYOR_DATA_DIR=str(tmp_path / "data"),

@@ -21,7 +21,6 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -73,22 +72,17 @@ def policy(**changes) -> JobPolicy:
     return JobPolicy(**{**base.__dict__, **changes})
 
 
-@pytest.fixture
-def limits() -> Iterator[callable]:
-    """Configures this process's job limits for the test; the defaults come back after."""
-    yield job_runner.configure
-    job_runner.configure(None)
-
-
-def fake_context(store: StateStore, executor, tmp_path: Path) -> WorkerContext:
+def fake_context(store: StateStore, executor, tmp_path: Path, limits: JobPolicy | None = None) -> WorkerContext:
+    """A context whose jobs run under ``limits`` (the context's own; None: the defaults)."""
+    extra = {} if limits is None else {"policy": limits}
     return WorkerContext(store=store, executor=executor, worker_name="w1", data_dir=tmp_path / "data",
-                         lease_seconds=0.6)
+                         lease_seconds=0.6, **extra)
 
 
 # -- fast: the job runner's decisions, with the fake executor -----------------------------
 
-def test_asking_above_the_maximum_fails_at_once_naming_the_limit(tmp_path, limits) -> None:
-    limits(policy(memory_max_bytes=1 * GIB, cpus_max=2.0))
+def test_asking_above_the_maximum_fails_at_once_naming_the_limit(tmp_path) -> None:
+    strict = policy(memory_max_bytes=1 * GIB, cpus_max=2.0)
     store = start(tmp_path, """
         name: greedy
         jobs:
@@ -98,12 +92,29 @@ def test_asking_above_the_maximum_fails_at_once_naming_the_limit(tmp_path, limit
     executor = FakeExecutor()
     for job, wording in (("big", "64.0 GiB, above this worker's maximum of 1.0 GiB (CONVEYOR_JOB_MEMORY_MAX)"),
                          ("cpu", "16 cpus, above this worker's maximum of 2 (CONVEYOR_JOB_CPUS_MAX)")):
-        result = run_to_the_end(fake_context(store, executor, tmp_path), job)
+        result = run_to_the_end(fake_context(store, executor, tmp_path, strict), job)
         assert result["status"] == "failed"
         assert record(store, job).attempts[-1].reason == job_runner.LIMIT_REASON
         assert record(store, job).attempt == 1  # not retried: it would ask again
         assert wording in log_of(store, job)
     assert not [call for call in executor.calls if call[0] == "start"], "a step ran despite the refusal"
+
+
+def test_two_contexts_in_one_process_keep_their_own_limits(tmp_path) -> None:
+    store = start(tmp_path, """
+        name: two
+        jobs:
+          a: {resources: {memory: 2g}, steps: [{name: s, script: [x]}]}
+          b: {resources: {memory: 2g}, steps: [{name: s, script: [x]}]}
+    """)
+    strict = fake_context(store, FakeExecutor(), tmp_path, policy(memory_max_bytes=1 * GIB))
+    roomy = fake_context(store, FakeExecutor(), tmp_path, policy(memory_max_bytes=4 * GIB))
+    assert run_to_the_end(strict, "a")["status"] == "failed"
+    assert run_to_the_end(roomy, "b")["status"] == "success"
+    assert "above this worker's maximum of 1.0 GiB" in log_of(store, "a")
+    assert ("start", "b", "s") in roomy.executor.calls
+    assert not [call for call in strict.executor.calls if call[0] == "start"]
+    assert strict.policy.memory_max_bytes == 1 * GIB  # neither changed the other
 
 
 def test_asking_within_the_maximum_runs_with_what_was_asked(tmp_path) -> None:
@@ -141,8 +152,7 @@ def test_root_is_refused_where_the_operator_set_a_non_root_user(tmp_path) -> Non
     assert local.user == "nobody"
 
 
-def test_filling_the_workspace_stops_the_job_and_says_why(tmp_path, limits) -> None:
-    limits(policy(workspace_bytes=1 * MIB))
+def test_filling_the_workspace_stops_the_job_and_says_why(tmp_path) -> None:
     # The source alone is 3 MiB; the step "runs" 30 s: the periodic check must stop it.
     store = start(tmp_path, """
         name: filler
@@ -150,22 +160,21 @@ def test_filling_the_workspace_stops_the_job_and_says_why(tmp_path, limits) -> N
           fill: {steps: [{name: s, script: [x], environment: {FAKE_SLEEP: "30"}}]}
     """, source_files={"blob": 3 * MIB})
     began = time.monotonic()
-    result = run_to_the_end(fake_context(store, FakeExecutor(), tmp_path), "fill")
+    result = run_to_the_end(fake_context(store, FakeExecutor(), tmp_path, policy(workspace_bytes=1 * MIB)), "fill")
     assert time.monotonic() - began < 15
     assert result["status"] == "failed"
     assert record(store, "fill").attempts[-1].reason == job_runner.LIMIT_REASON
     assert "more than 1.0 MiB, this worker's limit (CONVEYOR_JOB_WORKSPACE_SIZE)" in log_of(store, "fill")
 
 
-def test_endless_output_stops_growing_the_full_log_with_a_marker(tmp_path, limits) -> None:
-    limits(policy(log_bytes=64 * 1024))
+def test_endless_output_stops_growing_the_full_log_with_a_marker(tmp_path) -> None:
     lines = "\\n".join(f"line {n:06d} " + "x" * 90 for n in range(5000))  # ~500 KiB
     store = start(tmp_path, f"""
         name: chatty
         jobs:
           talk: {{steps: [{{name: s, script: [x], environment: {{FAKE_OUTPUT: "{lines}"}}}}]}}
     """)
-    result = run_to_the_end(fake_context(store, FakeExecutor(), tmp_path), "talk")
+    result = run_to_the_end(fake_context(store, FakeExecutor(), tmp_path, policy(log_bytes=64 * 1024)), "talk")
     assert result["status"] == "success"
     [full_log] = (tmp_path / "data" / "logs" / RUN).glob("*.log")
     text = full_log.read_text()
@@ -174,17 +183,16 @@ def test_endless_output_stops_growing_the_full_log_with_a_marker(tmp_path, limit
     assert "line 004999" not in text and "not written to this file" in text
 
 
-def test_the_local_executor_tells_the_job_what_it_does_not_apply(tmp_path, limits) -> None:
+def test_the_local_executor_tells_the_job_what_it_does_not_apply(tmp_path) -> None:
     from worker.executors.local import LocalExecutor
 
-    limits(policy())
     store = start(tmp_path, """
         name: local
         jobs:
           asks: {resources: {memory: 1g}, user: "1000", steps: [{name: s, script: ["true"]}]}
           plain: {steps: [{name: s, script: ["true"]}]}
     """)
-    ctx = fake_context(store, LocalExecutor(scripts_root=tmp_path / "jobs"), tmp_path)
+    ctx = fake_context(store, LocalExecutor(scripts_root=tmp_path / "jobs"), tmp_path, policy())
     assert run_to_the_end(ctx, "asks")["status"] == "success"
     assert run_to_the_end(ctx, "plain")["status"] == "success"
     assert "`resources` are not enforced by the local executor" in log_of(store, "asks")
@@ -204,11 +212,12 @@ def test_disk_usage_counts_allocated_blocks_and_hard_links_once(tmp_path) -> Non
 
 # -- slow: real Docker ---------------------------------------------------------------------
 
-def docker_context(store: StateStore, tmp_path: Path, docker_client) -> WorkerContext:
+def docker_context(store: StateStore, tmp_path: Path, docker_client, limits: JobPolicy) -> WorkerContext:
     from worker.executors.docker import DockerExecutor
 
     return WorkerContext(store=store, executor=DockerExecutor(docker_client, scripts_root=tmp_path / "jobs"),
-                         worker_name=f"limits-{os.getpid()}", data_dir=tmp_path / "data", lease_seconds=3)
+                         worker_name=f"limits-{os.getpid()}", data_dir=tmp_path / "data", lease_seconds=3,
+                         policy=limits)
 
 
 def _cgroup_memory_line() -> str:
@@ -216,10 +225,8 @@ def _cgroup_memory_line() -> str:
     return "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes"
 
 
-@pytest.mark.slow
-def test_a_job_without_resources_is_limited_by_default(tmp_path, limits, docker_client, busybox_image) -> None:
+def test_a_job_without_resources_is_limited_by_default(tmp_path, docker_client, busybox_image) -> None:
     default = job_policy(Settings(), concurrency=4)
-    limits(default)
     store = start(tmp_path, f"""
         name: bare
         jobs:
@@ -231,7 +238,7 @@ def test_a_job_without_resources_is_limited_by_default(tmp_path, limits, docker_
                   - "{_cgroup_memory_line()}"
                   - "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max"
     """)
-    result = run_to_the_end(docker_context(store, tmp_path, docker_client), "bare")
+    result = run_to_the_end(docker_context(store, tmp_path, docker_client, default), "bare")
     log = log_of(store, "bare")
     assert result["status"] == "success", log
     numbers = [int(line) for line in log.splitlines() if line.strip().isdigit()]
@@ -241,10 +248,7 @@ def test_a_job_without_resources_is_limited_by_default(tmp_path, limits, docker_
     assert pids == 1024
 
 
-@pytest.mark.slow
-def test_a_memory_hog_without_resources_meets_the_default_limit(tmp_path, limits, docker_client,
-                                                                 busybox_image) -> None:
-    limits(policy(memory_bytes=32 * MIB))
+def test_a_memory_hog_without_resources_meets_the_default_limit(tmp_path, docker_client, busybox_image) -> None:
     store = start(tmp_path, f"""
         name: hog
         jobs:
@@ -252,7 +256,7 @@ def test_a_memory_hog_without_resources_meets_the_default_limit(tmp_path, limits
             image: {busybox_image}
             steps: [{{name: eat, script: ["dd if=/dev/zero of=/dev/null bs=256M count=1"]}}]
     """)
-    result = run_to_the_end(docker_context(store, tmp_path, docker_client), "hog")
+    result = run_to_the_end(docker_context(store, tmp_path, docker_client, policy(memory_bytes=32 * MIB)), "hog")
     assert (result["status"], result["reason"]) == ("failed", "oom")
 
 
@@ -305,9 +309,7 @@ def test_a_fork_bomb_stays_inside_the_pids_limit(tmp_path, docker_client, busybo
 
 
 @pytest.mark.slow
-def test_filling_the_disk_through_the_workspace_is_stopped(tmp_path, limits, docker_client,
-                                                            busybox_image) -> None:
-    limits(policy(workspace_bytes=24 * MIB))
+def test_filling_the_disk_through_the_workspace_is_stopped(tmp_path, docker_client, busybox_image) -> None:
     store = start(tmp_path, f"""
         name: fill
         jobs:
@@ -323,7 +325,7 @@ def test_filling_the_disk_through_the_workspace_is_stopped(tmp_path, limits, doc
               - name: fill
                 script: ["head -c 104857600 /dev/zero > big"]
     """)
-    ctx = docker_context(store, tmp_path, docker_client)
+    ctx = docker_context(store, tmp_path, docker_client, policy(workspace_bytes=24 * MIB))
     began = time.monotonic()
     result = run_to_the_end(ctx, "small-files")
     took = time.monotonic() - began

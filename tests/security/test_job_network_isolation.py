@@ -19,7 +19,6 @@ from tests.worker.executors.contract_suite import drive
 from worker.executors.contract import ISOLATED_NETWORK, JobSpec, StepSpec
 from worker.executors.docker import LABEL_WORKER, DockerExecutor
 
-pytestmark = pytest.mark.slow
 
 PORT = 8080
 PROBE = (f'if echo hello | nc -w 3 "$TARGET" {PORT}; then echo PROBE=reached; '
@@ -71,6 +70,7 @@ def _networks(docker_client, worker: str) -> list:
     return docker_client.networks.list(filters={"label": f"{LABEL_WORKER}={worker}"})
 
 
+@pytest.mark.slow
 def test_a_job_cannot_reach_another_jobs_container_by_ip(tmp_path, docker_client, busybox_image) -> None:
     worker = f"netiso-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     executor = DockerExecutor(docker_client, scripts_root=tmp_path / "jobs")

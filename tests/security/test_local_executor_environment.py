@@ -92,7 +92,7 @@ def assert_no_credentials(found: dict[str, str]) -> None:
     assert found["PARENT"].strip() == "DENIED" and found["WORKER"].strip() == "DENIED"
 
 
-@pytest.mark.slow
+@pytest.mark.services
 def test_a_local_step_reads_no_worker_credentials(tmp_path: Path) -> None:
     """Default: on a root worker, steps run as root without any capability."""
     found = run_pipeline(tmp_path, tmp_path / "data")
@@ -101,7 +101,7 @@ def test_a_local_step_reads_no_worker_credentials(tmp_path: Path) -> None:
         assert (found["UID"], int(found["CAPS"], 16)) == ("0", 0)
 
 
-@pytest.mark.slow
+@pytest.mark.services
 @pytest.mark.usefixtures("as_root")
 def test_with_a_local_user_steps_also_cannot_list_the_workers_logs(tmp_path: Path) -> None:
     # `nobody` must reach the data directory: pytest's own temp root is private (0700).

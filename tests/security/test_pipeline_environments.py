@@ -21,7 +21,6 @@ from tests.deploy.services import start_haproxy
 from tests.cluster import running_cluster
 from tests.services import free_port
 
-pytestmark = pytest.mark.slow
 
 PASSWORD = "redis-pw-4f1c2b"
 SECRET = "worker-secret-9d8e7f"

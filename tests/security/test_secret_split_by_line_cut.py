@@ -110,7 +110,7 @@ sys.stdout.write(line + "b" * (40960 - len(line) - 2) + '"}\\n')
 """
 
 
-@pytest.mark.slow
+@pytest.mark.services
 def test_a_token_in_the_middle_of_a_40k_line_stays_masked_everywhere(tmp_path: Path) -> None:
     with running_cluster(tmp_path, "local") as cluster:
         cluster.worker("w1", CONVEYOR_SECRET_API_TOKEN=TOKEN)

@@ -25,7 +25,7 @@ from shared.config import load_settings
 from tests.cluster import Cluster
 from tests.services import free_port, start_redis, wait_for_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 PASSWORD = "redis-pw-conf-8a7b6c"
 FLOWER_PASSWORD = "flower-pw-conf-3d4e5f"

@@ -9,7 +9,7 @@ import pytest
 from shared.tokens import TokenError, TokenStore, open_tokens
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.slow)])
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.services)])
 def tokens(request: pytest.FixtureRequest, tmp_path: Path) -> TokenStore:
     if request.param == "sqlite":
         return open_tokens(f"sqlite:///{tmp_path / 'state.db'}")

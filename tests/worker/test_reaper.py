@@ -223,7 +223,6 @@ def wait_lease_gone(client: redis.Redis, run_id: str, job: str) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.slow
 def test_a_dead_workers_job_goes_back_to_the_head_of_its_queue_once_its_lease_expires(broker_url, client, store) -> None:
     app = make_app(broker_url)
     run_id = new_run(store, "build")
@@ -245,7 +244,6 @@ def test_a_dead_workers_job_goes_back_to_the_head_of_its_queue_once_its_lease_ex
     assert first["properties"]["delivery_info"]["redelivered"] is True
 
 
-@pytest.mark.slow
 def test_live_leases_future_etas_and_fresh_deliveries_stay_with_their_holder(broker_url, client, store) -> None:
     app = make_app(broker_url)
     run_id = new_run(store, "running", "later", "fresh")
@@ -258,7 +256,6 @@ def test_live_leases_future_etas_and_fresh_deliveries_stay_with_their_holder(bro
     assert client.hlen("unacked") == 3 and client.llen("jobs") == 0
 
 
-@pytest.mark.slow
 def test_overdue_pending_retrying_finished_and_orphaned_messages_go_back(broker_url, client, store) -> None:
     app = make_app(broker_url)
     run_id = new_run(store, "pending", "retrying", "done")
@@ -280,7 +277,6 @@ def test_overdue_pending_retrying_finished_and_orphaned_messages_go_back(broker_
     assert client.hlen("unacked") == 0 and client.llen("jobs") == 4
 
 
-@pytest.mark.slow
 def test_messages_of_other_tasks_are_left_to_kombu(broker_url, client, store) -> None:
     app = make_app(broker_url)
     app.signature("conveyor.deploy_tick", kwargs={"run_id": "r", "job": "j"}, queue="jobs").apply_async()
@@ -290,7 +286,6 @@ def test_messages_of_other_tasks_are_left_to_kombu(broker_url, client, store) ->
     assert client.hlen("unacked") == 1
 
 
-@pytest.mark.slow
 def test_one_reaper_acts_at_a_time(broker_url, client, store) -> None:
     first, second = reaper(broker_url, store, interval=1.0), reaper(broker_url, store, interval=1.0)
     assert first.reap_once() == []
@@ -302,7 +297,6 @@ def test_one_reaper_acts_at_a_time(broker_url, client, store) -> None:
     assert first.reap_once() is None and second.reap_once() is None
 
 
-@pytest.mark.slow
 def test_concurrent_restores_of_one_message_push_it_once(broker_url, client, store) -> None:
     app = make_app(broker_url)
     run_id = new_run(store, "build")
@@ -320,7 +314,6 @@ def test_concurrent_restores_of_one_message_push_it_once(broker_url, client, sto
     assert client.llen("jobs") == 1 and client.hlen("unacked") == 0
 
 
-@pytest.mark.slow
 def test_an_entry_that_changed_since_it_was_read_is_not_restored(broker_url, client, store) -> None:
     app = make_app(broker_url)
     send(app, new_run(store, "build"), "build")
@@ -332,7 +325,6 @@ def test_an_entry_that_changed_since_it_was_read_is_not_restored(broker_url, cli
     assert client.llen("jobs") == 0 and client.hlen("unacked") == 1
 
 
-@pytest.mark.slow
 def test_global_keyprefix_and_priority_queues(broker_url, client, store) -> None:
     app = make_app(broker_url, prefix="ci:")
     run_id = new_run(store, "build")
@@ -371,7 +363,6 @@ STALLABLE = """
 """
 
 
-@pytest.mark.slow
 def test_a_stalled_job_without_any_message_is_sent_again_after_the_grace(broker_url, client, store) -> None:
     """A chord whose body was never sent (its result backend failed), a message lost with
     Redis's last second: nothing would ever move these jobs again."""
@@ -396,7 +387,6 @@ def test_a_stalled_job_without_any_message_is_sent_again_after_the_grace(broker_
     assert len(sent) == 3
 
 
-@pytest.mark.slow
 def test_a_resent_job_is_an_ordinary_run_job_message(broker_url, client, store) -> None:
     app = make_app(broker_url)
     run_id = compiled_run(store, STALLABLE)
@@ -419,7 +409,6 @@ def test_a_resent_job_is_an_ordinary_run_job_message(broker_url, client, store) 
     assert (parsed.run_id, parsed.job) == (run_id, "b")
 
 
-@pytest.mark.slow
 def test_start_reaper_starts_one_thread_per_process(broker_url, client, tmp_path: Path) -> None:
     settings = Settings(broker_url=broker_url, data_dir=tmp_path, lease_seconds=1.5)
     thread = start_reaper(create_app(settings), settings)

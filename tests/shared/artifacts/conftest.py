@@ -29,7 +29,7 @@ def fs_store(tmp_path: Path) -> FilesystemStore:
     return store
 
 
-@pytest.fixture(params=["filesystem", pytest.param("s3", marks=pytest.mark.slow)])
+@pytest.fixture(params=["filesystem", pytest.param("s3", marks=pytest.mark.services)])
 def store(request: pytest.FixtureRequest):
     """Each backend in turn: the contract tests must pass on both."""
     if request.param == "filesystem":

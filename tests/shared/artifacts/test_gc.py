@@ -298,7 +298,6 @@ def redis_index(redis_url: str) -> Iterator[RedisArtifactIndex]:
     index.close()
 
 
-@pytest.mark.slow
 def test_collection_on_s3_with_a_redis_index(s3_store, redis_index, tmp_path):
     publish(s3_store, redis_index, tmp_path, "run-1", {"lib": b"shared", "a": b"a" * 1000}, age=2 * DAY,
             expire_in=DAY)

@@ -67,7 +67,7 @@ def redis_index(redis_url: str, redis_client: redis.Redis) -> Iterator[RedisArti
     index.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.slow)])
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.services)])
 def index(request: pytest.FixtureRequest) -> ArtifactIndex:
     return request.getfixturevalue(f"{request.param}_index")
 
@@ -237,7 +237,6 @@ def test_an_expired_lock_can_be_taken_and_its_old_owner_cannot_release_it(index)
 
 # -- backend specifics ---------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_redis_keys_hide_job_names_share_one_slot_and_do_not_leak(redis_index, redis_client):
     secret_job = "deploy [TOKEN=hunter2]"
     stored(rec(job=secret_job, holders=frozenset({secret_job})), ["a"], redis_index)

@@ -29,8 +29,6 @@ from shared.artifacts.index.redis import RedisArtifactIndex
 from shared.artifacts.index.sqlite import SQLiteArtifactIndex
 from tests.twins import RANDOM_SEQUENCES, Raised, Reached, attempt
 
-pytestmark = pytest.mark.slow
-
 
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
@@ -271,6 +269,7 @@ class IndexTwinsMachine(RuleBasedStateMachine):
 SETTINGS = RANDOM_SEQUENCES
 
 
+@pytest.mark.slow
 def test_redis_and_sqlite_indexes_agree_on_random_sequences(redis_url: str, tmp_path: Path) -> None:
     IndexTwinsMachine.redis_url, IndexTwinsMachine.db_dir = redis_url, tmp_path
     reached.clear()

@@ -175,7 +175,6 @@ def test_aborted_filesystem_upload_leaves_nothing(fs_store, tmp_path, monkeypatc
     assert leftovers(fs_store) == []
 
 
-@pytest.mark.slow
 def test_aborted_multipart_upload_leaves_nothing(s3_store, tmp_path, monkeypatch):
     data = os.urandom(3 * TEST_PART_SIZE)
     real = s3_store.client.upload_part
@@ -192,7 +191,6 @@ def test_aborted_multipart_upload_leaves_nothing(s3_store, tmp_path, monkeypatch
     assert leftovers(s3_store) == []
 
 
-@pytest.mark.slow
 def test_source_growing_mid_multipart_upload_is_aborted(s3_store, tmp_path, monkeypatch):
     src = write(tmp_path / "src", os.urandom(3 * TEST_PART_SIZE))
     digest = sha(src.read_bytes())
@@ -216,7 +214,6 @@ def test_source_growing_mid_multipart_upload_is_aborted(s3_store, tmp_path, monk
 FIFTY_MB = 50 * 1024 * 1024
 
 
-@pytest.mark.slow
 def test_large_file_streams_with_bounded_memory(store, tmp_path):
     src = tmp_path / "big.bin"
     block = os.urandom(1024 * 1024)

@@ -28,7 +28,7 @@ def test_syntax_error_is_the_only_error():
 def test_reports_every_problem_in_source_order():
     assert messages("sucess() && foo.x && contains(1) && jobs.b.stauts") == [
         ("unknown function 'sucess' (did you mean 'success'?)", 0),
-        ("unknown name 'foo' (names are env, jobs, pipeline, vars; quote text like 'foo')", 12),
+        ("unknown name 'foo' (names are env, git, jobs, pipeline, vars; quote text like 'foo')", 12),
         ("contains() takes 2 arguments, got 1 (usage: contains(a, b))", 21),
         ("a job has no property 'stauts' (did you mean 'status'?)", 43),
     ]
@@ -56,7 +56,7 @@ def test_literal_format_templates_are_checked():
 def test_errors_are_expression_errors_with_offsets():
     [error] = check("env.X == foo")
     assert (error.message, error.offset) == (
-        "unknown name 'foo' (names are env, jobs, pipeline, vars; quote text like 'foo')", 9)
+        "unknown name 'foo' (names are env, git, jobs, pipeline, vars; quote text like 'foo')", 9)
     assert str(error) == error.message
 
 

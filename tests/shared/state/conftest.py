@@ -23,7 +23,7 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/state.db"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.slow)])
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.services)])
 def store_url(request: pytest.FixtureRequest) -> str:
     """The URL of a state store, once per backend (Redis is flushed before each test)."""
     if request.param == "redis":

@@ -51,7 +51,6 @@ from shared.state.redis import RedisState
 from shared.state.sqlite import SQLiteState
 from tests.twins import RANDOM_SEQUENCES, Raised, Reached, attempt
 
-pytestmark = pytest.mark.slow
 
 # Job names are few so that sequences revisit them; "ghost" is in no run, and the accented
 # one checks names are stored as values, not key material. Run ids are fresh for each
@@ -529,6 +528,7 @@ class StateTwinsMachine(RuleBasedStateMachine):
 SETTINGS = RANDOM_SEQUENCES
 
 
+@pytest.mark.slow
 def test_redis_and_sqlite_agree_on_random_sequences(redis_url: str, tmp_path: Path) -> None:
     StateTwinsMachine.redis_url, StateTwinsMachine.db_dir = redis_url, tmp_path
     reached.clear()

@@ -13,7 +13,7 @@ from shared.state.redis import RUNS_KEY, TOKEN_KEY, RedisState
 from tests.services import start_redis
 from tests.shared.state.runs import new_run
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.services  # its own redis-servers
 
 RETENTION_S = 3600
 

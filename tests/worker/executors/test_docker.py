@@ -37,7 +37,6 @@ def image(busybox_image: str) -> str:
     return busybox_image
 
 
-@pytest.mark.slow
 class TestDockerContract(Contract):
     pass
 
@@ -50,7 +49,6 @@ def _worker_networks(client, worker: str) -> list:
     return client.networks.list(filters={"label": f"{LABEL_WORKER}={worker}"})
 
 
-@pytest.mark.slow
 def test_memory_limit_kill_is_reported_as_oom(run, step):
     result = run(step("dd if=/dev/zero of=/dev/null bs=64M count=1",
                       limits=ResourceLimits(memory_bytes=32 * 2**20)))
@@ -58,7 +56,6 @@ def test_memory_limit_kill_is_reported_as_oom(run, step):
     assert result.outcome.exit_code == 137
 
 
-@pytest.mark.slow
 def test_hardening_is_visible_from_inside_the_step(executor, job, step, docker_client):
     executor.prepare(job)
     try:
@@ -90,7 +87,6 @@ def test_hardening_is_visible_from_inside_the_step(executor, job, step, docker_c
     assert host["Init"] is True
 
 
-@pytest.mark.slow
 def test_read_only_root_keeps_tmp_writable_and_user_applies(run, step, job):
     locked = replace(job, read_only_root=True, user="1234:1234")
     result = run(step(
@@ -103,7 +99,6 @@ def test_read_only_root_keeps_tmp_writable_and_user_applies(run, step, job):
     assert "root-read-only" in result.stdout and "tmp-writable" in result.stdout
 
 
-@pytest.mark.slow
 def test_network_none_has_no_interfaces_but_loopback(run, step, job):
     offline = replace(job, network="none")
     result = run(step("ls /sys/class/net"), job_spec=offline)
@@ -111,7 +106,6 @@ def test_network_none_has_no_interfaces_but_loopback(run, step, job):
     assert result.stdout[1:] == ["lo"]
 
 
-@pytest.mark.slow
 def test_containers_are_labelled_and_cleanup_removes_them(executor, job, step, docker_client):
     executor.prepare(job)
     drive(executor, job, step("true", name="compile"))
@@ -124,7 +118,6 @@ def test_containers_are_labelled_and_cleanup_removes_them(executor, job, step, d
     assert _run_label_containers(docker_client, job.run_id) == []
 
 
-@pytest.mark.slow
 def test_cleanup_removes_a_still_running_step(executor, job, step, docker_client):
     executor.prepare(job)
     executor.start(job, step("sleep 30"))
@@ -162,7 +155,6 @@ def test_jobs_of_one_run_cleaned_up_together_leave_no_container(executor, docker
         assert _run_label_containers(docker_client, run.run_id) == []
 
 
-@pytest.mark.slow
 def test_reap_orphans_removes_only_this_workers_leftovers(docker_client, job, step, tmp_path):
     previous_life = DockerExecutor(docker_client, scripts_root=tmp_path / "old")
     other_worker = replace(job, worker_name=f"other-{uuid.uuid4().hex[:6]}")
@@ -182,7 +174,6 @@ def test_reap_orphans_removes_only_this_workers_leftovers(docker_client, job, st
         previous_life.cleanup(job)
 
 
-@pytest.mark.slow
 def test_missing_image_with_pull_never_is_an_image_pull_failure(run, step, job):
     never = replace(job, pull_policy="never")
     missing = f"conveyor-test/absent-{uuid.uuid4().hex[:8]}:1"
@@ -192,7 +183,6 @@ def test_missing_image_with_pull_never_is_an_image_pull_failure(run, step, job):
     assert any(missing in text for text in result.stderr)
 
 
-@pytest.mark.slow
 def test_image_without_a_shell_fails_the_step_and_says_why(run, step, tmp_path):
     tag = f"conveyor-test/no-shell-{uuid.uuid4().hex[:8]}"
     (tmp_path / "empty").mkdir()
@@ -209,7 +199,7 @@ def test_image_without_a_shell_fails_the_step_and_says_why(run, step, tmp_path):
     assert any("/bin/sh" in text for text in result.stderr)
 
 
-@pytest.mark.slow
+@pytest.mark.services
 def test_select_without_a_name_picks_docker_when_the_engine_answers(caplog):
     caplog.set_level(logging.WARNING)
     assert isinstance(select_executor(None), DockerExecutor)
@@ -226,7 +216,6 @@ def test_unreachable_engine_is_an_infrastructure_error(job, tmp_path):
     assert list((tmp_path / "jobs").iterdir()) == [], "cleanup left the scripts behind"
 
 
-@pytest.mark.slow
 def test_a_numeric_user_gets_its_own_group_and_the_workspace(executor, job, step, tmp_path):
     (job.workspace / "src").mkdir()
     (job.workspace / "src" / "main.c").write_text("int main;\n")
@@ -242,7 +231,6 @@ def test_a_numeric_user_gets_its_own_group_and_the_workspace(executor, job, step
     assert oct(job.workspace.stat().st_mode & 0o777) == "0o700"
 
 
-@pytest.mark.slow
 def test_each_job_gets_its_own_labelled_network_removed_with_it(executor, job, step, docker_client):
     executor.prepare(job)
     result = drive(executor, job, step("true"))

@@ -19,7 +19,7 @@ import pytest
 from worker.executors.docker import DockerExecutor
 from worker.executors.engine_paths import check_engine_sees
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.services  # the real Docker engine
 
 REPO = Path(__file__).resolve().parents[3]
 

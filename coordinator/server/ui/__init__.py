@@ -1,0 +1,1 @@
+"""The web UI's building blocks: pure functions from stored data to safe HTML and SVG."""
