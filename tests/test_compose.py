@@ -158,6 +158,24 @@ def test_the_server_is_published_on_loopback_with_the_stores_and_no_executor(con
     assert "/var/run/docker.sock" not in [source for source, _ in volume_pairs(server)]
 
 
+def test_the_server_reads_its_repositories_from_a_file_and_secrets_from_the_environment(config: dict) -> None:
+    from coordinator.server.repositories import parse_repositories
+    from shared.config import load_settings
+
+    server = config["services"]["server"]
+    env = server["environment"]
+    assert env["CONVEYOR_CONFIG"] == "/etc/conveyor/server.toml"
+    mounts = dict((target, source) for source, target in volume_pairs(server))
+    source = Path(mounts["/etc/conveyor/server.toml"])
+    assert source == ROOT / "deploy" / "compose" / "server.toml"
+    # the file as shipped loads (no repositories until the operator adds some)
+    settings = load_settings({}, config_file=source)
+    assert parse_repositories(settings.repositories, where=str(source)) == ()
+    # mirrors persist in a volume; secrets come from .env, never from the file
+    assert mounts["/var/lib/conveyor-server"] == "server-data"
+    assert {"CONVEYOR_WEBHOOK_SECRET", "CONVEYOR_FORGE_TOKEN", "CONVEYOR_PUBLIC_URL"} <= set(env)
+
+
 def test_one_deployer_runs_every_tick_and_the_demo_haproxy_shares_its_network(config: dict) -> None:
     services = config["services"]
     deployer, haproxy = services["deployer"], services["haproxy"]

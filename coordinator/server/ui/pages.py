@@ -419,30 +419,43 @@ _ERROR_MARKER = re.compile(r"(?i)(?<![\w-])(error|errors|fatal|failed|failure|pa
                            r"|^E\s|^FAIL\b")
 
 
+def _is_error_line(stream: str, text: str) -> bool:
+    if stream != "system" and text.startswith(("$ ", "> ")):  # the worker's echo of a script line
+        return False
+    # Only a line with escape codes needs stripping first (most have none).
+    return _ERROR_MARKER.search(ansi.strip_ansi(text) if "\x1b" in text else text) is not None
+
+
 def first_error(lines: Iterable[tuple[str, str]]) -> int | None:
     """The index of the line "jump to first error" goes to (docs/web-ui.md), or None.
 
-    1. The first line of the first step that failed: the worker writes a `system` line
-       `step I/N: NAME` when a step starts and `step NAME failed...` when it fails; the
-       answer is the line after that step's header (its first line of output).
-    2. Otherwise (a job that failed outside its steps, or a log without markers): the
-       first line whose text, without ANSI codes, has an error word (`error`, `fatal`,
-       `failed`, `failure`, `panic`, `traceback`, `exception`, as a word, any case) or
-       starts with `E ` or `FAIL` (pytest, go test).
+    An *error line* has an error word (`error`, `errors`, `fatal`, `failed`, `failure`,
+    `panic`, `traceback`, `exception`: a whole word, any case) in its text without ANSI
+    codes, or starts with `E ` or `FAIL` (pytest, go test); the worker's echo of a script
+    line (`$ cmd`, `> continued`) is not one.
+
+    1. The worker writes a `system` line `step I/N: NAME` when a step starts and
+       `step NAME failed...` when it fails. In the first step that failed: its first
+       error line, else its first line (the one after its header).
+    2. Otherwise (a job that failed outside its steps, or a log without these lines): the
+       first error line of the log.
     """
     marker: int | None = None
-    current: tuple[str, int] | None = None
+    current: tuple[str, int] | None = None  # the step in progress: name, header index
+    in_step: int | None = None  # its first error line
     for index, (stream, text) in enumerate(lines):
         if stream == "system":
             header = _STEP_HEADER.fullmatch(text)
             if header is not None:
-                current = (header.group(1), index)
+                current, in_step = (header.group(1), index), None
                 continue
             if current is not None and text.startswith(f"step {current[0]} failed"):
-                return current[1] + 1
-        # Only a line with escape codes needs stripping first (most have none).
-        if marker is None and _ERROR_MARKER.search(ansi.strip_ansi(text) if "\x1b" in text else text):
-            marker = index
+                return in_step if in_step is not None else current[1] + 1
+        if (marker is None or (current is not None and in_step is None)) and _is_error_line(stream, text):
+            if marker is None:
+                marker = index
+            if current is not None and in_step is None:
+                in_step = index
     return marker
 
 

@@ -325,8 +325,14 @@ def test_log_lines_are_escaped_html_with_streams_and_the_first_error(server: Ser
     ([("stdout", "warning: error-prone"), ("stdout", "error: in step one but it passed"),
       ("system", "step 1/2: one"), ("stdout", "x"), ("system", "step 2/2: two"), ("stdout", "y"),
       ("system", "step two failed: script_failure (exit code 2)")], 5),
+    # ... or at its first error line, if it has one (echoed commands are not output)
+    ([("system", "step 1/2: one"), ("stdout", "Error in one, which passed"), ("system", "step 2/2: two"),
+      ("stdout", "$ make -W error"), ("stdout", "building"), ("stderr", "make: *** [all] Error 2"),
+      ("stderr", "fatal: later"), ("system", "step two failed: script_failure (exit code 2)")], 5),
     # a step that failed without output: its failure line
     ([("system", "step 1/1: quiet"), ("system", "step quiet failed: timeout (exit code None)")], 1),
+    # failed outside the steps: the worker's own message
+    ([("system", "attempt 1 on w1 (local executor)"), ("system", "infrastructure error: disk full")], 1),
 ])
 def test_first_error_rule(lines: list[tuple[str, str]], expected: int | None) -> None:
     assert pages.first_error(lines) == expected
