@@ -6,7 +6,7 @@ from typing import Any
 
 from coordinator import status_view
 from shared.config import Settings
-from shared.state.base import RUN_ID_PATTERN, StateStore
+from shared.state.base import RUN_ID_PATTERN, RunRecord, StateStore
 
 
 def is_run_id(text: str) -> bool:
@@ -25,7 +25,8 @@ def open_artifact_view(settings: Settings) -> tuple[Any, Any]:
 
 
 def full_status_json(settings: Settings, store: StateStore, run_id: str,
-                     artifact_view: tuple[Any, Any] | None = None) -> dict[str, Any] | None:
+                     artifact_view: tuple[Any, Any] | None = None,
+                     run: RunRecord | None = None) -> dict[str, Any] | None:
     """The run, its jobs with their artifacts and deployment records, and its trigger; None
     when the run is unknown. ``artifact_view`` is `open_artifact_view(settings)`, opened
     here when not given (a CLI call opens it once anyway)."""
@@ -33,10 +34,10 @@ def full_status_json(settings: Settings, store: StateStore, run_id: str,
     from deploy.view import deployment_extras
 
     artifact_store, index = artifact_view or open_artifact_view(settings)
+    run = run or store.get_run(run_id)
     view = status_view.status_json(store, run_id, artifacts=members_by_job(artifact_store, index),
-                                   extras=deployment_extras(store))
+                                   extras=deployment_extras(store), run=run)
     if view is not None:
-        run = store.get_run(run_id)
         trigger = (run.meta or {}).get("trigger") if run is not None else None
         if trigger is not None:
             view["trigger"] = trigger

@@ -10,7 +10,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from coordinator.terminal import clean
-from shared.state import JobRecord, StateStore, UnknownRun
+from shared.state import JobRecord, RunRecord, StateStore, UnknownRun
 from shared.state.base import FAILED, RETRYING, RUNNING, AttemptRecord, epoch_seconds
 
 NONE = "-"  # what an empty cell shows, so columns never collapse
@@ -173,13 +173,15 @@ def _job_json(job: JobRecord, artifacts: list[dict[str, Any]]) -> dict[str, Any]
 
 def status_json(store: StateStore, run_id: str,
                 artifacts: Callable[[str], Mapping[str, list[dict[str, Any]]]] | None = None,
-                extras: Callable[[str, str], Mapping[str, Any]] | None = None) -> dict[str, Any] | None:
+                extras: Callable[[str, str], Mapping[str, Any]] | None = None,
+                run: RunRecord | None = None) -> dict[str, Any] | None:
     """`conveyor status RUN --format json`: the run and its jobs in plan order; None if unknown.
 
     `artifacts(run_id)` maps job names to their artifact members (path, sha256, size);
-    `extras(run_id, job)` adds keys to a job (its `deployment` record).
+    `extras(run_id, job)` adds keys to a job (its `deployment` record). `run`: the run's
+    record when the caller has just read it.
     """
-    run = store.get_run(run_id)
+    run = run or store.get_run(run_id)
     if run is None:
         return None
     try:

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from coordinator.run_status import is_run_id
 from coordinator.server.ui import session as ui_session
 from shared.config import Settings
-from shared.state.base import StateStore
+from shared.state.base import RunRecord, StateStore
 from shared.tokens import Scope, Token, TokenStore
 
 
@@ -98,9 +98,12 @@ def public_url(svc: Services) -> str | None:
     return runtime_url or svc.settings.public_url
 
 
-def known_run(services: Services, run_id: str) -> None:
-    if not is_run_id(run_id) or services.store.get_run(run_id) is None:
+def known_run(services: Services, run_id: str) -> RunRecord:
+    """The run's record; 404 for an unknown run or anything that cannot be a run id."""
+    run = services.store.get_run(run_id) if is_run_id(run_id) else None
+    if run is None:
         raise ApiError(404, "not_found", f"no run {run_id!r}")
+    return run
 
 
 
