@@ -164,7 +164,7 @@ class CI:
 
 
 @contextlib.contextmanager
-def serving_ci(tmp: Path, cluster: Cluster, forge: RecordingForge, repo: ForgeRepo, monkeypatch: Any = None,
+def serving_ci(tmp: Path, cluster: Cluster, recorder: RecordingForge, repo: ForgeRepo, monkeypatch: Any = None,
                **repository: Any) -> Iterator[CI]:
     """The server, in this process; the secrets' environment variables are set for its
     lifetime (with ``monkeypatch`` when given, so a test may change them)."""
@@ -174,7 +174,7 @@ def serving_ci(tmp: Path, cluster: Cluster, forge: RecordingForge, repo: ForgeRe
     else:
         os.environ[SECRET_ENV], os.environ[TOKEN_ENV] = SECRET, FORGE_TOKEN
     table = {"name": REPO, "forge": "github", "url": str(repo.bare), "webhook_secret_env": SECRET_ENV,
-             "status_api": forge.url, "status_token_env": TOKEN_ENV, **repository}
+             "status_api": recorder.url, "status_token_env": TOKEN_ENV, **repository}
     # The workers' artifact store (a file store in their data dir): the server stores sources there.
     settings = Settings(broker_url=cluster.redis_url, data_dir=tmp / "server-data", repositories=(table,),
                         artifacts_url=f"file://{cluster.tmp / 'data' / 'artifacts'}",
@@ -191,7 +191,7 @@ def serving_ci(tmp: Path, cluster: Cluster, forge: RecordingForge, repo: ForgeRe
     while not server.started:
         assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
-    ci = CI(f"http://127.0.0.1:{port}", repo, cluster, forge, settings, app)
+    ci = CI(f"http://127.0.0.1:{port}", repo, cluster, recorder, settings, app)
     ci.token = tokens.create(f"tester-{port}", "admin")
     try:
         yield ci

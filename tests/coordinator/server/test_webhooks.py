@@ -9,7 +9,8 @@ import textwrap
 
 import pytest
 
-from tests.coordinator.server.ci_fixture import CI, FORGE_TOKEN, REPO, github_pull_request, github_push, sign
+from tests.coordinator.server.ci_fixture import (CI, FORGE_TOKEN, PAYLOADS, REPO, SECRET, github_pull_request,
+                                                 github_push, sign)
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -166,3 +167,44 @@ def test_a_forge_that_is_down_never_fails_the_run(ci: CI) -> None:
     view = ci.wait_run(answer["runs"][0])
     assert view["status"] == "success"
     assert any(e.get("kind") == "commit_status" for e in view.get("events", [])), view
+
+
+def _forge_payload(forge: str, sha: str) -> dict:
+    payload = json.loads((PAYLOADS / forge / "push.json").read_text())
+    payload.update({"ref": "refs/heads/main", "before": "0" * 40, "after": sha})
+    if forge == "gitlab":
+        payload["checkout_sha"] = sha
+        payload["project"].update({"path_with_namespace": REPO, "default_branch": "main"})
+    else:
+        payload["repository"].update({"full_name": REPO, "default_branch": "main"})
+    return payload
+
+
+@pytest.mark.parametrize("forge", ["gitlab", "gitea"])
+def test_gitlab_and_gitea_pushes_start_a_run_with_their_own_authenticity_and_status_shape(
+        forge: str, tmp_path, cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.coordinator.server.ci_fixture import ForgeRepo, serving_ci
+    from tests.forge_recorder import recording_forge
+
+    repo = ForgeRepo.create(tmp_path / "forge")
+    sha = repo.commit({".conveyor.yml": PIPELINE, "src/version.txt": forge + "\n"})
+    with recording_forge() as recorder, serving_ci(tmp_path, cluster, recorder, repo, monkeypatch,
+                                                   forge=forge) as ci:
+        body = json.dumps(_forge_payload(forge, sha)).encode()
+        if forge == "gitlab":
+            headers = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Event-UUID": "u-1", "X-Gitlab-Token": SECRET}
+            wrong = {**headers, "X-Gitlab-Token": "nope"}
+        else:
+            headers = {"X-Gitea-Event": "push", "X-Gitea-Delivery": "g-1",
+                       "X-Gitea-Signature": sign(body)[len("sha256="):]}
+            wrong = {**headers, "X-Gitea-Signature": sign(body, "nope")[len("sha256="):]}
+        assert ci.post(f"/hooks/{forge}", body, wrong)[0] == 401
+        code, answer = ci.post(f"/hooks/{forge}", body, headers)
+        assert code == 202, answer
+        view = ci.wait_run(answer["runs"][0])
+        assert view["status"] == "success" and view["trigger"]["sha"] == sha
+        path = (f"/projects/acme%2Fapp/statuses/{sha}" if forge == "gitlab" else f"/repos/{REPO}/statuses/{sha}")
+        assert recorder.wait_for(lambda calls: len([c for c in calls if c.path == path]) >= 2, 15), recorder.calls
+        states = [c.body["state"] for c in recorder.calls if c.path == path]
+        assert states == ["pending", "success"]
+        assert ci.post(f"/hooks/{forge}", body, headers) == (code, answer)  # a redelivery
