@@ -124,10 +124,6 @@ class SecurityHeaders:
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True,
                           trim_blocks=True, lstrip_blocks=True)
 
-STATUS_WORDS = {"pending": "pending", "running": "running", "retrying": "retrying", "success": "success",
-                "failed": "failed", "cancelled": "cancelled", "skipped": "skipped"}
-
-
 def _glyph(status: str) -> str:
     return dag_layout.STATUS_GLYPHS.get(status, "?")
 
@@ -159,7 +155,7 @@ def _percent(value: Any) -> str:
 
 _env.filters.update(short_sha=_short_sha, size=_size, when=_when, percent=_percent, glyph=_glyph,
                     q=lambda text: quote(str(text), safe=""), qpath=lambda text: quote(str(text), safe="/"))
-_env.globals.update(asset=asset_url, STATUS_WORDS=STATUS_WORDS)
+_env.globals.update(asset=asset_url)
 
 
 def render(request: Request, template: str, session: ui_session.Session | None, status: int = 200,
@@ -310,7 +306,7 @@ def runs_fragment(request: Request, repository: str | None = None, branch: str |
     filters = _filters(repository, branch, status)
     rows = runs_rows(_svc(request), filters["repository"] or None, filters["branch"] or None,
                      filters["status"] or None)
-    return render(request, "_runs_rows.html", session, rows=rows)
+    return render(request, "_runs_rows.html", session, rows=rows, filters=filters)
 
 
 # -- a run --------------------------------------------------------------------------------------
@@ -353,7 +349,6 @@ def _deployments(view: Mapping[str, Any]) -> list[dict[str, Any]]:
         out.append({"job": name, "job_status": job.get("status"), "d": deployment, "state": state,
                     "analysis": analysis, "weights": sorted((deployment.get("weights") or {}).items()),
                     "gate": deployment.get("gate"), "approvals": sorted((deployment.get("approvals") or {}).items()),
-                    "live": job.get("status") not in TERMINAL or (state is not None and state not in DEPLOY_TERMINAL),
                     "commands": state not in DEPLOY_TERMINAL and (state is not None or job.get("status") not in TERMINAL),
                     "recent": events[-5:]})
     return out

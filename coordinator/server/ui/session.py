@@ -152,7 +152,8 @@ def cross_site(request: Any, public_url: str | None) -> str | None:
     """
     site = request.headers.get("sec-fetch-site")
     if site is not None and site.lower() not in ("same-origin", "none"):
-        return f"a {site} request is refused"
+        kind = site.lower() if site.lower() in ("cross-site", "same-site") else "cross-site"
+        return f"a {kind} request is refused"
     origin = request.headers.get("origin")
     if origin is not None:
         own = {_origin_of(f"{request.url.scheme}://{request.headers.get('host', '')}"), _origin_of(public_url)}

@@ -9,7 +9,8 @@
  *   changes and every 3 s while the run goes on (deployment state has no event).
  * - Log view: the log is fetched once as JSON (lines already rendered to escaped HTML
  *   by the server) and only the rows in sight are in the DOM (virtual scrolling); a
- *   running job's new lines come over /api/v1/runs/RUN/jobs/JOB/log?follow=1.
+ *   running job's new lines come over /api/v1/runs/RUN/jobs/JOB/log?follow=1 and are
+ *   coloured here the way the server colours the rest.
  *
  * No inline script or style anywhere (the CSP forbids both): data comes from data-*
  * attributes and <script type="application/json"> blocks.
@@ -27,13 +28,104 @@
 
   function escapeHtml(text) {
     return String(text).replace(/[&<>"']/g, function (c) {
-      return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c];
+      return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"}[c];
     });
   }
 
-  // Escape sequences (CSI, OSC, other ESC) and control characters but tab.
-  var ANSI = /\x1b\[[0-?]*[ -\/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[PX^_][^\x1b]*(?:\x1b\\)?|\x1b[@-Z\\-_]?|[\x00-\x08\x0b-\x1f\x7f\x9b]/g;
-  function stripAnsi(text) { return String(text).replace(ANSI, ""); }
+  // -- a live log line's colours -----------------------------------------------------------
+  // The same rendering as coordinator/server/ui/ansi.py, for lines that arrive over the
+  // log stream: SGR sequences become spans with the same fixed classes (256-colour and
+  // truecolor as data-c), every other sequence and control character is dropped, only
+  // what follows a line's last carriage return is kept, and all text is escaped. The
+  // markup is made from numbers and fixed names only.
+  var SEQUENCE = /\x1b\[([0-?]*)([ -\/]*)([@-~])|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[PX^_][^\x1b]*(?:\x1b\\)?|\x1b[@-Z\\-_]?/g;
+  var CONTROLS = /[\x00-\x08\x0a-\x1f\x7f-\x9f]/g;
+  var PLAIN = {fg: null, bg: null, bold: false, dim: false, italic: false, underline: false, strike: false};
+
+  function hex2(n) { return (n < 16 ? "0" : "") + n.toString(16); }
+  function cube(n) {
+    if (n >= 232) { var g = 8 + 10 * (n - 232); return "#" + hex2(g) + hex2(g) + hex2(g); }
+    n -= 16;
+    var v = [Math.floor(n / 36), Math.floor(n / 6) % 6, n % 6].map(function (x) { return x ? 55 + 40 * x : 0; });
+    return "#" + hex2(v[0]) + hex2(v[1]) + hex2(v[2]);
+  }
+  function num(text) { var n = parseInt(text || "0", 10); return isNaN(n) || String(text).length > 6 ? -1 : n; }
+  function extended(parts) {  // after 38/48: [colour or undefined, parts used]
+    var mode = num(parts[0]);
+    if (mode === 5 && parts.length >= 2) {
+      var n = num(parts[1]);
+      return [n >= 0 && n < 16 ? n : (n >= 16 && n <= 255 ? cube(n) : undefined), 2];
+    }
+    if (mode === 2 && parts.length >= 4) {
+      var rgb = parts.slice(1, 4).map(num);
+      var ok = rgb.every(function (x) { return x >= 0 && x <= 255; });
+      return [ok ? "#" + hex2(rgb[0]) + hex2(rgb[1]) + hex2(rgb[2]) : undefined, 4];
+    }
+    return [undefined, parts.length];
+  }
+  function applySgr(params, st) {
+    var parts = params.split(";"), i = 0;
+    while (i < parts.length) {
+      var part = parts[i++];
+      if (part.indexOf(":") >= 0) {
+        var sub = part.split(":"), code0 = num(sub[0]);
+        if (code0 === 38 || code0 === 48) {
+          var rest = sub.slice(1);
+          if (rest.length >= 5 && num(rest[0]) === 2) rest = [rest[0]].concat(rest.slice(-3));
+          var c0 = extended(rest)[0];
+          if (c0 !== undefined) st[code0 === 38 ? "fg" : "bg"] = c0;
+        } else if (code0 === 4) st.underline = sub.length > 1 ? num(sub[1]) !== 0 : true;
+        continue;
+      }
+      var code = num(part);
+      if (code === 0) { for (var k in PLAIN) st[k] = PLAIN[k]; }
+      else if (code === 1) st.bold = true; else if (code === 2) st.dim = true;
+      else if (code === 3) st.italic = true; else if (code === 4) st.underline = true;
+      else if (code === 9) st.strike = true; else if (code === 22) { st.bold = false; st.dim = false; }
+      else if (code === 23) st.italic = false; else if (code === 24) st.underline = false;
+      else if (code === 29) st.strike = false;
+      else if (code >= 30 && code <= 37) st.fg = code - 30; else if (code >= 90 && code <= 97) st.fg = code - 82;
+      else if (code >= 40 && code <= 47) st.bg = code - 40; else if (code >= 100 && code <= 107) st.bg = code - 92;
+      else if (code === 39) st.fg = null; else if (code === 49) st.bg = null;
+      else if (code === 38 || code === 48) {
+        var got = extended(parts.slice(i));
+        i += got[1];
+        if (got[0] !== undefined) st[code === 38 ? "fg" : "bg"] = got[0];
+      }
+    }
+  }
+  function openSpan(st) {
+    var classes = [], styles = [];
+    if (typeof st.fg === "number") classes.push("ansi-fg-" + st.fg); else if (st.fg) styles.push("color:" + st.fg);
+    if (typeof st.bg === "number") classes.push("ansi-bg-" + st.bg); else if (st.bg) styles.push("background-color:" + st.bg);
+    ["bold", "dim", "italic", "underline", "strike"].forEach(function (f) { if (st[f]) classes.push("ansi-" + f); });
+    if (!classes.length && !styles.length) return "";
+    return "<span" + (classes.length ? ' class="' + classes.join(" ") + '"' : "") +
+           (styles.length ? ' data-c="' + styles.join(";") + '"' : "") + ">";
+  }
+  function ansiLine(line, st) {  // -> HTML of one line; `st` (per stream) is updated
+    var pieces = [], last = 0, m;
+    SEQUENCE.lastIndex = 0;
+    while ((m = SEQUENCE.exec(line)) !== null) {
+      if (m.index > last) pieces.push(line.slice(last, m.index));
+      if (m[3] === "m" && !m[2] && /^[0-9;:]*$/.test(m[1])) pieces.push({sgr: m[1]});
+      last = SEQUENCE.lastIndex;
+      if (m[0].length === 0) SEQUENCE.lastIndex++;
+    }
+    if (last < line.length) pieces.push(line.slice(last));
+    var text = pieces.filter(function (p) { return typeof p === "string"; }).join("");
+    var skip = text.replace(/\r+$/, "").lastIndexOf("\r") + 1;
+    var out = "";
+    pieces.forEach(function (p) {
+      if (typeof p !== "string") { applySgr(p.sgr, st); return; }
+      if (skip) { var drop = Math.min(skip, p.length); skip -= drop; p = p.slice(drop); }
+      p = p.replace(CONTROLS, "");
+      if (!p) return;
+      var open = openSpan(st);
+      out += open + escapeHtml(p) + (open ? "</span>" : "");
+    });
+    return out;
+  }
 
   var flashTimer = null;
   function flash(text, isError) {
@@ -335,7 +427,7 @@
       if (!window.EventSource) return;
       live = true;
       describe();
-      var seen = 0;
+      var seen = 0, states = {};
       var source = new EventSource(box.getAttribute("data-follow-url"));
       source.addEventListener("open", function () { seen = 0; });  // a (re)connection replays from line 1
       source.addEventListener("line", function (ev) {
@@ -343,10 +435,12 @@
         if (seen <= html.length) return;
         var data = JSON.parse(ev.data);
         var stick = atBottom();
-        // A live line is shown as plain text (ANSI codes dropped) until the job ends and the
-        // server's coloured rendering replaces the whole log.
-        html.push(escapeHtml(stripAnsi(data.text)));
-        streams += STREAMS[data.stream] || "o";
+        // Rendered here as the server would (the server's rendering replaces the whole
+        // log when the job ends); colours carry over within a stream from the live start.
+        var code = STREAMS[data.stream] || "o";
+        if (!states[code]) states[code] = Object.assign({}, PLAIN);
+        html.push(ansiLine(String(data.text), states[code]));
+        streams += code;
         spacer.style.height = (html.length * rowH) + "px";
         if (stick) box.scrollTop = box.scrollHeight;
         drawn = [-1, -1];
@@ -370,6 +464,9 @@
       if (data.more) load(0, ready); else ready(data);
     });
   }
+
+  // For tests (tests/e2e/test_web_ui.py compares it with the server's rendering).
+  window.ConveyorUI = {ansiLine: function (line) { return ansiLine(String(line), Object.assign({}, PLAIN)); }};
 
   var page = document.body.getAttribute("data-page");
   if (page === "runs") initRuns();
