@@ -20,6 +20,7 @@ this through a thread pool.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -111,11 +112,11 @@ class RunStarter:
         run_id = new_run_id()
         trigger = event.to_dict()
         if text is None:
-            return self._invalid(repository, event, run_id, [problem], record_invalid)
+            return self._invalid(repository, event, run_id, [problem], record_invalid, name=repository.pipeline)
         result = load_text(text, repository.pipeline, dict(parameters or {}), run_id=run_id, trigger=trigger)
         if not result.ok or result.plan is None:
             return self._invalid(repository, event, run_id, [str(d) for d in result.diagnostics], record_invalid,
-                                 [d.to_dict() for d in result.diagnostics])
+                                 [d.to_dict() for d in result.diagnostics], name=_declared_name(text, repository.pipeline))
         decision = match(result.on, event, self._changed_paths(mirror, event, result))
         if not decision.run:
             return Started(ignored=decision.reason)
@@ -171,11 +172,12 @@ class RunStarter:
         }
 
     def _invalid(self, repository: Repository, event: TriggerEvent, run_id: str, lines: list[str],
-                 record: bool, diagnostics: list[dict] | None = None) -> Started:
-        """A run that failed at once: one job whose log is the diagnostics."""
+                 record: bool, diagnostics: list[dict] | None = None, *, name: str) -> Started:
+        """A run that failed at once: one job whose log is the diagnostics. ``name`` is the
+        pipeline's name when the file still declares one (its commit status then has the
+        same context as the pipeline's other runs), else the file's path."""
         if not record:
             return Started(diagnostics=tuple(lines), diagnostic_items=tuple(diagnostics or ()))
-        name = repository.pipeline
         result = load_text(_INVALID_PIPELINE, "<invalid>", {}, run_id=run_id)
         plan: Plan = result.plan  # type: ignore[assignment]
         meta = {**self._meta(repository, event, None), "invalid": True, "diagnostics": lines}
@@ -260,6 +262,17 @@ class _GroupLock:
 
     def __exit__(self, *exc: object) -> None:
         self.coordination.delete(self.key)
+
+
+_NAME_LINE = re.compile(rb"^name:[ \t]*['\"]?([A-Za-z0-9][A-Za-z0-9 _./-]{0,99}?)['\"]?[ \t]*(#.*)?$", re.MULTILINE)
+
+
+def _declared_name(text: bytes | str, fallback: str) -> str:
+    """The top-level `name:` of a file that did not load, read by a line match only (the
+    file is invalid, and hostile until proven otherwise: it is not parsed again)."""
+    raw = text.encode() if isinstance(text, str) else text
+    found = _NAME_LINE.search(raw[:65536])
+    return found.group(1).decode() if found else fallback
 
 
 def _group_key(repository: Repository, plan: Plan) -> str:

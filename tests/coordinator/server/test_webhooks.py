@@ -93,6 +93,8 @@ def test_an_invalid_pipeline_gives_a_failed_run_with_diagnostics_and_a_failure_s
     code, log = ci.api("GET", f"/api/v1/runs/{run_id}/jobs/pipeline/log")
     assert ".conveyor.yml:4:5" in log and "stepz" in log
     assert ci.forge.wait_for(lambda calls: [b["state"] for b in statuses(ci, sha)][-1:] == ["failure"], 15)
+    # the same context as the pipeline's valid runs: a required check fails instead of waiting
+    assert {body["context"] for body in statuses(ci, sha)} == {"conveyor/app"}
 
 
 def test_a_missing_pipeline_file_is_a_failed_run_not_a_silent_drop(ci: CI) -> None:
