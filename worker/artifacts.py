@@ -18,7 +18,7 @@ from typing import Callable
 
 from shared.artifacts.base import IntegrityError, ObjectStore, PathError
 from shared.artifacts.index.base import ArtifactIndex, ArtifactRecord
-from shared.artifacts.manifest import build_manifest
+from shared.artifacts.manifest import ManifestEntry, build_manifest, links_leaving
 from shared.artifacts.publish import fetch_record, publish_file, publish_manifest
 from shared.plan import Job, Plan
 from shared.state.base import RunRecord
@@ -26,6 +26,8 @@ from shared.units import human_size
 from worker.logs import LogSink
 
 log = logging.getLogger("conveyor.worker.artifacts")
+
+LINKS_NAMED = 3  # links named in the "kept N symlinks" log line; the rest is "..."
 
 
 class ArtifactFailure(Exception):
@@ -142,6 +144,9 @@ def publish_outputs(access: ArtifactAccess, plan: Plan, job: Job, run: RunRecord
     if not manifest.entries:  # type: ignore[union-attr]
         sink.system(f"warning: no files match artifacts.paths {list(job.artifacts.paths)}; nothing uploaded")
         return None
+    leaving = _guarded("collecting artifacts", lambda: links_leaving(workspace, manifest))  # type: ignore[arg-type]
+    if leaving:
+        sink.system(kept_links_line(leaving))  # type: ignore[arg-type]
     now = time.time()
     template = ArtifactRecord(
         run_id=run.run_id, job=job.name, kind="artifact", name=job.artifacts.name or job.name, manifest="",
@@ -160,6 +165,24 @@ def publish_outputs(access: ArtifactAccess, plan: Plan, job: Job, run: RunRecord
         f"in {time.monotonic() - started:.1f}s"
     )
     return record  # type: ignore[return-value]
+
+
+def kept_links_line(leaving: list[ManifestEntry]) -> str:
+    """The one log line about symlinks kept as links although they point outside the workspace."""
+    named = ", ".join(f"{_printable(e.path)} -> {_printable(e.link_target or '')}" for e in leaving[:LINKS_NAMED])
+    more = ", ..." if len(leaving) > LINKS_NAMED else ""
+    noun = "symlink" if len(leaving) == 1 else "symlinks"
+    return (f"artifacts: kept {len(leaving)} {noun} pointing outside the workspace as links "
+            f"({named}{more})")
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """`text` on one line, at most `limit` characters: control characters and undecodable
+    bytes escaped (a link's path and target are the job's text, up to 4 KiB each, and one
+    log line must stay one short line)."""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else repr(c)[1:-1] for c in text)
 
 
 def archive_log(access: ArtifactAccess, plan: Plan, job: Job, run: RunRecord, full_log: Path) -> None:

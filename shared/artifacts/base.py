@@ -111,11 +111,16 @@ def object_key(digest: str) -> str:
     return f"cas/{digest[:2]}/{digest[2:4]}/{digest}"
 
 
-def hash_file(path: Path) -> ObjectInfo:
-    """SHA-256 and size of a file, read in chunks."""
+def hash_file(path: Path, *, follow_symlinks: bool = True) -> ObjectInfo:
+    """SHA-256 and size of a file, read in chunks.
+
+    `follow_symlinks=False` opens it with `O_NOFOLLOW`: a file swapped for a symlink since
+    it was looked at raises `OSError` (ELOOP) instead of being read through.
+    """
     sha = hashlib.sha256()
     size = 0
-    with open(path, "rb") as fh:
+    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    with os.fdopen(os.open(path, flags), "rb") as fh:
         while chunk := fh.read(CHUNK_SIZE):
             sha.update(chunk)
             size += len(chunk)

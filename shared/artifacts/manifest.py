@@ -4,17 +4,21 @@ A manifest lists every member (POSIX path relative to the workspace, sha256, siz
 symlink target) and is itself stored as a CAS object; its digest names the artifact.
 Members are checked on the way in (`build_manifest`) and again on the way out
 (`Manifest.from_bytes`, `download_tree`): a manifest comes from storage, so it is untrusted.
+
+A symlink is a member of its own: its target *text* is stored, whatever it points at
+(`venv/bin/python -> /usr/bin/python3` included), and it is never followed, neither when
+collecting (nothing behind it is read or listed) nor when recreating (it is made after
+every file, and no file is ever written through a link; see `tree_writer`).
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
 import posixpath
 import re
-import shutil
 import stat
-import tempfile
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from shared.artifacts.base import ArtifactError, ObjectStore, PathError, _unlink_quietly, check_digest, hash_file
+from shared.artifacts.base import ArtifactError, IntegrityError, ObjectStore, PathError, check_digest, hash_file
+from shared.artifacts.tree_writer import TreeWriter
 
 MANIFEST_VERSION = 1
 DEFAULT_WORKERS = 8
@@ -32,6 +37,7 @@ DEFAULT_WORKERS = 8
 # fails the job with a message naming the glob, instead of walking for hours.
 MAX_GLOB_ENTRIES = 100_000
 MAX_GLOB_SECONDS = 30.0
+MAX_LINK_TARGET = 4096  # PATH_MAX: a longer symlink target cannot be created anyway
 
 T = TypeVar("T")
 
@@ -131,14 +137,36 @@ def check_member_path(path: str) -> str:
     return path
 
 
-def check_link_target(path: str, target: str) -> str:
-    """Return `target` if the symlink at `path` points, lexically, inside the root."""
+def check_link_text(path: str, target: str) -> str:
+    """Return `target` if it can be the text of a symlink: a non-empty string without NUL,
+    at most MAX_LINK_TARGET bytes. Where it points is not checked: an artifact's link is
+    stored and recreated as a link, never followed, so an absolute one is fine."""
     if not isinstance(target, str) or not target or "\0" in target:
         raise PathError(f"symlink {path!r} has an invalid target {target!r}")
+    if len(target.encode("utf-8", "surrogateescape")) > MAX_LINK_TARGET:
+        raise PathError(f"symlink {path!r} has a target longer than {MAX_LINK_TARGET} bytes")
+    return target
+
+
+def link_leaves(path: str, target: str) -> bool:
+    """Whether a symlink at member `path` with text `target` is absolute or points,
+    lexically, outside the root."""
+    if target.startswith("/"):
+        return True
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    return resolved == ".." or resolved.startswith("../")
+
+
+def check_link_target(path: str, target: str) -> str:
+    """Return `target` if the symlink at `path` points, lexically, inside the root.
+
+    The strict rule of source snapshots (a tree every worker rebuilds elsewhere must be
+    self-contained); artifacts keep any link as a link (`check_link_text`).
+    """
+    check_link_text(path, target)
     if target.startswith("/"):
         raise PathError(f"symlink {path!r} -> {target!r} is absolute")
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
-    if resolved == ".." or resolved.startswith("../"):
+    if link_leaves(path, target):
         raise PathError(f"symlink {path!r} -> {target!r} points outside the workspace")
     return target
 
@@ -153,7 +181,7 @@ def _validate_entries(entries: Sequence[ManifestEntry]) -> None:
         if not isinstance(e.mode, int) or isinstance(e.mode, bool) or not 0 <= e.mode <= 0o777:
             raise ManifestError(f"member {e.path!r} has invalid mode {e.mode!r}")
         if e.link_target is not None:
-            check_link_target(e.path, e.link_target)
+            check_link_text(e.path, e.link_target)
             if e.sha256 is not None:
                 raise ManifestError(f"symlink member {e.path!r} has a sha256")
         else:
@@ -190,9 +218,11 @@ def build_manifest(root: Path, globs: Sequence[str], workers: int = DEFAULT_WORK
                    max_entries: int | None = None, max_seconds: float | None = None) -> Manifest:
     """The manifest of the files under `root` matching `globs` (hashed concurrently).
 
-    A matched directory contributes everything below it. Symlinks are recorded as symlinks;
-    one that is absolute or resolves outside `root` raises `PathError`, as does a glob that
-    is absolute or uses `..`. Only regular files and symlinks are collected.
+    A matched directory contributes everything below it. Every symlink is recorded as a
+    symlink with its target text, never followed (what it points at is not collected, even
+    inside `root`); absolute ones and ones leaving `root` are kept too (`links_leaving`
+    lists them, for the job log). A glob that is absolute or uses `..` raises `PathError`.
+    Only regular files and symlinks are collected.
 
     Matching never leaves `root`: a wildcard never descends a symlinked directory, and a
     glob naming one literally (`current/report.html`) goes through it only when it
@@ -213,14 +243,15 @@ def build_manifest(root: Path, globs: Sequence[str], workers: int = DEFAULT_WORK
         for match in _glob(root, real_root, pattern, walk):
             for member in _expand(match, walk):
                 found.setdefault(PurePosixPath(member.relative_to(root)).as_posix(), member)
-    return _manifest_of(found, real_root, workers)
+    return _manifest_of(found, real_root, workers, strict_links=False)
 
 
 def build_manifest_of_paths(root: Path, paths: Iterable[str], workers: int = DEFAULT_WORKERS) -> Manifest:
     """The manifest of exactly `paths` (relative, e.g. the files git tracks), no globbing.
 
-    Paths that no longer exist are left out (a tracked file deleted in the working tree);
-    the same path rules as `build_manifest` apply to every member.
+    Paths that no longer exist are left out (a tracked file deleted in the working tree).
+    Used for source snapshots, whose links must stay inside the tree (a worker rebuilds it
+    elsewhere): a symlink that is absolute or resolves outside `root` raises `PathError`.
     """
     root = Path(root)
     real_root = os.path.realpath(root)
@@ -231,20 +262,79 @@ def build_manifest_of_paths(root: Path, paths: Iterable[str], workers: int = DEF
         check_member_path(rel)
         if os.path.lexists(root / rel):
             found.setdefault(rel, root / rel)
-    return _manifest_of(found, real_root, workers)
+    return _manifest_of(found, real_root, workers, strict_links=True)
 
 
-def _manifest_of(found: dict[str, Path], real_root: str, workers: int) -> Manifest:
+def links_leaving(root: Path, manifest: Manifest) -> list[ManifestEntry]:
+    """The symlink members of `manifest` (built from `root`) that are absolute or lead
+    outside `root`, lexically or through other links of `root`: kept as links, and named
+    in the job log. Only paths inside `root` are looked at to tell."""
+    return [e for e in manifest.entries
+            if e.is_symlink and _leads_outside(str(root), e.path.split("/"))]
+
+
+MAX_LINK_HOPS = 40  # as the kernel's limit: a longer chain is a loop, and leads nowhere
+
+
+def _leads_outside(root: str, parts: list[str]) -> bool:
+    """Whether the path `parts` under `root`, resolved as the kernel would, leaves `root`.
+
+    Resolution stops as soon as it would leave (an absolute target, a `..` above `root`),
+    so nothing outside `root` is ever looked at; a missing component ends the lookups and
+    the rest is taken lexically; a loop leads nowhere (not outside).
+    """
+    pending = list(parts)
+    current: list[str] = []
+    hops = 0
+    exists = True
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not current:
+                return True
+            current.pop()
+            continue
+        if exists:
+            path = os.path.join(root, *current, part)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                exists = False
+            else:
+                if stat.S_ISLNK(st.st_mode):
+                    hops += 1
+                    if hops > MAX_LINK_HOPS:
+                        return False
+                    try:
+                        target = os.readlink(path)
+                    except OSError:  # changed since the lstat: take the rest lexically
+                        exists = False
+                        current.append(part)
+                        continue
+                    if target.startswith("/"):
+                        return True
+                    pending = target.split("/") + pending
+                    continue
+        current.append(part)
+    return False
+
+
+def _manifest_of(found: dict[str, Path], real_root: str, workers: int, *, strict_links: bool) -> Manifest:
     files: list[tuple[str, Path, int]] = []
     links: list[ManifestEntry] = []
     for rel, member in sorted(found.items()):
         st = os.lstat(member)
         if stat.S_ISLNK(st.st_mode):
-            target = os.readlink(member)
-            check_link_target(rel, target)
-            # The lexical check misses chains (a -> b/.., b -> ../x); the real path does not.
-            if not _inside(os.path.realpath(member), real_root):
-                raise PathError(f"symlink {rel!r} -> {target!r} resolves outside the workspace")
+            target = os.readlink(member)  # the link's own text; never resolved to read through it
+            if strict_links:
+                check_link_target(rel, target)
+                # The lexical check misses chains (a -> b/.., b -> ../x); the real path does not.
+                if not _inside(os.path.realpath(member), real_root):
+                    raise PathError(f"symlink {rel!r} -> {target!r} resolves outside the workspace")
+            else:
+                check_link_text(rel, target)
             links.append(ManifestEntry(rel, None, 0, 0o777, target))
         elif stat.S_ISREG(st.st_mode):
             # A match reached through a symlinked directory: follow it only inside root.
@@ -256,9 +346,20 @@ def _manifest_of(found: dict[str, Path], real_root: str, workers: int) -> Manife
     link_paths = {e.path for e in links}
     files = [f for f in files if not any(str(p) in link_paths for p in PurePosixPath(f[0]).parents)]
 
-    infos = _parallel(lambda f: hash_file(f[1]), files, workers)
+    # Not through a link: a member seen as a regular file is read only as one (the upload
+    # then checks it still hashes to this digest, so a later swap cannot smuggle anything in).
+    infos = _parallel(lambda f: _hash_member(f[0], f[1]), files, workers)
     entries = [ManifestEntry(rel, info.digest, info.size, mode) for (rel, _, mode), info in zip(files, infos)]
     return Manifest(tuple(entries + links))
+
+
+def _hash_member(rel: str, member: Path):
+    try:
+        return hash_file(member, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PathError(f"{rel!r} was replaced by a symlink while artifacts were collected") from None
+        raise
 
 
 class _Walk:
@@ -415,76 +516,46 @@ def download_tree(store: ObjectStore, manifest_digest: str, dest: Path,
                   workers: int = DEFAULT_WORKERS) -> Manifest:
     """Recreate an artifact under `dest`, verifying every file before it appears there.
 
-    Members land only inside `dest`: the manifest is validated, parent directories are
-    created without following symlinks, and symlinks are made last and checked to resolve
-    inside `dest`. Existing files at member paths are replaced.
+    Members land only inside `dest`, and nothing is ever written through a symlink: the
+    manifest is validated (no member lies under another), every directory on a member's
+    way is opened without following links (an existing symlink there, made by an earlier
+    artifact or already in `dest`, refuses the member with `PathError`), files are renamed
+    into place from a private staging directory, replacing atomically what is at their
+    path (a link included: it is replaced, not written through), and symlinks are made
+    last, after every file, with exactly their stored text (absolute or dangling alike:
+    they are not resolved).
     """
     manifest = Manifest.from_bytes(store.get_bytes(manifest_digest))
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    real_dest = os.path.realpath(dest)
-
     by_digest: dict[str, list[ManifestEntry]] = defaultdict(list)
     for entry in manifest.files:
         by_digest[entry.sha256].append(entry)  # type: ignore[index]
-    for entry in manifest.entries:
-        _make_parents(dest, entry.path)
 
-    def fetch(group: list[ManifestEntry]) -> None:
-        first = group[0]
-        first_path = dest / first.path
-        store.get_file(first.sha256, first_path, first.size)  # type: ignore[arg-type]
-        os.chmod(first_path, first.mode)
-        for other in group[1:]:
+    with TreeWriter(dest) as tree:
+        for entry in manifest.entries:
+            tree.prepare(entry.path)
+
+        def fetch(group: list[ManifestEntry]) -> None:
+            first = group[0]
+            staged = tree.staged_path()
+            try:
+                store.get_file(first.sha256, staged, first.size)  # type: ignore[arg-type]
+            except IntegrityError as exc:  # name the member, not the staging file
+                raise IntegrityError(str(dest / first.path), exc.expected, exc.actual, exc.expected_size,
+                                     exc.actual_size) from exc
             # Same content twice in one artifact: copy locally rather than download again.
-            _copy_atomically(first_path, dest / other.path)
-            os.chmod(dest / other.path, other.mode)
+            copies = [(tree.copy_staged(staged), other) for other in group[1:]]
+            tree.place_file(staged, first.path, first.mode)
+            for copy, other in copies:
+                tree.place_file(copy, other.path, other.mode)
 
-    _parallel(fetch, list(by_digest.values()), workers)
+        _parallel(fetch, list(by_digest.values()), workers)
 
-    for entry in manifest.entries:
-        if entry.is_symlink:
-            _symlink_atomically(entry.link_target, dest / entry.path)  # type: ignore[arg-type]
-    for entry in manifest.entries:
-        if entry.is_symlink and not _inside(os.path.realpath(dest / entry.path), real_dest):
-            os.unlink(dest / entry.path)
-            raise PathError(f"symlink {entry.path!r} -> {entry.link_target!r} resolves outside {dest}")
+        # Links last: no file of this artifact is written after any of its links exists.
+        for entry in manifest.entries:
+            if entry.is_symlink:
+                tree.place_link(entry.link_target, entry.path)  # type: ignore[arg-type]
     return manifest
-
-
-def _make_parents(dest: Path, member: str) -> None:
-    """Create the directories of `member` under `dest`, refusing to pass through a symlink."""
-    current = dest
-    for part in PurePosixPath(member).parent.parts:
-        current = current / part
-        if current.is_symlink():
-            raise PathError(f"{member!r}: {current} is a symlink; refusing to write through it")
-        if not current.exists():
-            current.mkdir()
-        elif not current.is_dir():
-            raise PathError(f"{member!r}: {current} exists and is not a directory")
-
-
-def _copy_atomically(src: Path, dest: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def _symlink_atomically(target: str, dest: Path) -> None:
-    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{id(dest):x}.link"
-    _unlink_quietly(tmp)
-    os.symlink(target, tmp)
-    try:
-        os.replace(tmp, dest)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
 
 
 def _parallel(fn: Callable[[T], Any], items: list[T], workers: int) -> list[Any]:

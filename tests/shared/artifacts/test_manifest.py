@@ -19,7 +19,7 @@ from shared.artifacts import (
     download_tree,
     upload_tree,
 )
-from shared.artifacts.manifest import ManifestError, check_member_path
+from shared.artifacts.manifest import ManifestError, check_member_path, links_leaving
 from tests.shared.artifacts.store_faults import corrupt
 
 
@@ -126,21 +126,23 @@ def test_escaping_globs_are_rejected(tmp_path, pattern):
 
 
 @pytest.mark.parametrize("target", ["/etc/passwd", "../../outside", "lib/../../../x"])
-def test_escaping_symlinks_are_rejected_at_build_time(tmp_path, target):
+def test_escaping_symlinks_are_kept_as_links_at_build_time(tmp_path, target):
     src = make_tree(tmp_path / "ws")
     (src / "dist" / "evil").symlink_to(target)
-    with pytest.raises(PathError, match="evil"):
-        build_manifest(src, ["dist"])
+    manifest = build_manifest(src, ["dist"])
+    evil = next(e for e in manifest.entries if e.path == "dist/evil")
+    assert (evil.link_target, evil.sha256, evil.size) == (target, None, 0)
+    assert [e.path for e in links_leaving(src, manifest)] == ["dist/evil"]
 
 
-def test_symlink_chain_escaping_through_another_link_is_rejected(tmp_path):
+def test_symlink_chain_escaping_through_another_link_is_kept_and_counted(tmp_path):
     src = tmp_path / "ws"
     (src / "d").mkdir(parents=True)
     (src / "d" / "up").symlink_to("..")  # fine on its own: points at the workspace root
     (src / "a").symlink_to("d/up/../outside")  # lexically d/outside; really ../outside
-    build_manifest(src, ["d"])
-    with pytest.raises(PathError, match="'a'"):
-        build_manifest(src, ["a"])
+    manifest = build_manifest(src, ["d", "a"])
+    assert {e.path: e.link_target for e in manifest.entries} == {"a": "d/up/../outside", "d/up": ".."}
+    assert [e.path for e in links_leaving(src, manifest)] == ["a"]
 
 
 def test_files_reached_through_an_escaping_directory_link_are_rejected(tmp_path):
@@ -182,24 +184,23 @@ def test_writing_through_a_manifest_symlink_is_rejected(fs_store, tmp_path):
 
 
 @pytest.mark.parametrize("target", ["../../etc", "/etc/passwd"])
-def test_escaping_symlink_members_are_rejected_at_download(fs_store, tmp_path, target):
+def test_escaping_symlink_members_are_recreated_as_links_at_download(fs_store, tmp_path, target):
     link = {"path": "a/link", "sha256": None, "size": 0, "mode": 0o777, "link_target": target}
     digest = _store_manifest(fs_store, [link])
-    with pytest.raises(PathError):
-        download_tree(fs_store, digest, tmp_path / "out")
-    assert not (tmp_path / "out" / "a" / "link").is_symlink()
+    download_tree(fs_store, digest, tmp_path / "out")
+    assert os.readlink(tmp_path / "out" / "a" / "link") == target
 
 
-def test_symlink_chain_escaping_at_download_is_removed(fs_store, tmp_path):
+def test_symlink_chain_escaping_at_download_is_recreated_and_nothing_outside_is_made(fs_store, tmp_path):
     entries = [
         {"path": "d/up", "sha256": None, "size": 0, "mode": 0o777, "link_target": ".."},
         {"path": "a", "sha256": None, "size": 0, "mode": 0o777, "link_target": "d/up/../outside"},
     ]
     digest = _store_manifest(fs_store, entries)
     out = tmp_path / "out"
-    with pytest.raises(PathError, match="'a'"):
-        download_tree(fs_store, digest, out)
-    assert not (out / "a").is_symlink()
+    download_tree(fs_store, digest, out)
+    assert (os.readlink(out / "a"), os.readlink(out / "d" / "up")) == ("d/up/../outside", "..")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "store"]
 
 
 def test_existing_symlink_in_destination_is_not_written_through(fs_store, tmp_path):
