@@ -17,13 +17,27 @@ from celery import Celery, chain, group
 from celery.canvas import Signature
 from celery.result import AsyncResult, ResultBase, ResultSet
 
-from shared.celery_app import DEPLOY_QUEUE, JOBS_QUEUE, RUN_JOB_TASK
+from shared import worker_labels
+from shared.celery_app import RUN_JOB_TASK, settings_of
 from shared.plan import Plan
 
 
+def job_queue(app: Celery, plan: Plan, job: str) -> str:
+    """The queue of a job's task: `deploy` for a deployment, `jobs.labels.<labels>` for a job
+    with `runs_on` (shared/worker_labels.py), else `jobs`. The embedded worker of `conveyor
+    run` consumes `jobs` and `deploy` only and is every label at once: `runs_on` is ignored."""
+    spec = plan.jobs[job]
+    try:
+        embedded = settings_of(app).embedded
+    except KeyError:  # an app create_app did not make (tests): route as a cluster would
+        embedded = False
+    runs_on = () if embedded else spec.runs_on
+    return worker_labels.job_queue(runs_on, spec.deploy is not None)
+
+
 def job_signature(app: Celery, plan: Plan, run_id: str, job: str) -> Signature:
-    queue = DEPLOY_QUEUE if plan.jobs[job].deploy is not None else JOBS_QUEUE
-    return app.signature(RUN_JOB_TASK, kwargs={"run_id": run_id, "job": job}, immutable=True, queue=queue)
+    return app.signature(RUN_JOB_TASK, kwargs={"run_id": run_id, "job": job}, immutable=True,
+                         queue=job_queue(app, plan, job))
 
 
 def build_canvas(app: Celery, plan: Plan, run_id: str) -> Signature:

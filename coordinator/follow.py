@@ -33,6 +33,7 @@ from coordinator.status_view import (
     status_label,
     summary_row,
     text_table,
+    waiting_reasons,
 )
 from coordinator.terminal import clean, clean_log_line, colour_enabled
 from shared.state import Event, JobRecord, LogEntry, StateStore, UnknownJob, UnknownRun
@@ -228,12 +229,16 @@ class DagView:
     """
 
     def __init__(self, run_id: str, pipeline: str, created_at: str, plan: Mapping[str, Any],
-                 deployment: Callable[[str], str | None] | None = None) -> None:
+                 deployment: Callable[[str], str | None] | None = None,
+                 waiting: Callable[[Mapping[str, JobRecord]], Mapping[str, str]] | None = None) -> None:
         self.run_id = run_id
         self.pipeline = pipeline
         self.created = epoch_seconds(created_at) or time.time()
         self.plan = plan
         self.deployment = deployment  # job -> one line of weights, gate and analysis
+        # jobs -> why the jobs no live worker can take wait (status_view.waiting_reasons)
+        self.waiting = waiting
+        self._waiting: Mapping[str, str] = {}
         self._state: tuple[str, dict[str, JobRecord]] = (RUNNING, {})
 
     def update(self, status: str, jobs: dict[str, JobRecord]) -> None:
@@ -246,6 +251,7 @@ class DagView:
 
         status, jobs = self._state
         now = time.time()
+        self._waiting = self.waiting(jobs) if self.waiting is not None else {}
         done = sum(job.status in TERMINAL for job in jobs.values())
         title = Text.assemble(
             (clean(f"run {self.run_id}"), "bold"),
@@ -273,6 +279,8 @@ class DagView:
         return Group(title, table)
 
     def _detail(self, name: str, job: JobRecord, now: float) -> str:
+        if name in self._waiting:
+            return self._waiting[name]  # `waiting for a worker with labels gpu`
         if job.status == "pending":
             after = dependencies(self.plan, name)
             return "after " + ", ".join(after) if after else ""
@@ -308,6 +316,21 @@ def _deployment_lines(store: StateStore, run_id: str, every_s: float = 1.0) -> C
     return line
 
 
+def _waiting_lines(store: StateStore, run_id: str, plan: Mapping[str, Any], created_at: str,
+                   every_s: float = 1.0) -> Callable[[Mapping[str, JobRecord]], Mapping[str, str]]:
+    """Why the jobs no live worker can take wait, read at most once a second."""
+    cache: list[Any] = [0.0, {}]
+
+    def reasons(jobs: Mapping[str, JobRecord]) -> Mapping[str, str]:
+        now = time.monotonic()
+        if now - cache[0] > every_s:
+            cache[:] = [now, waiting_reasons(store, plan, jobs, created_at)]
+        return {name: text for name, text in cache[1].items() if name in jobs and jobs[name].status != RUNNING
+                and jobs[name].status not in TERMINAL}
+
+    return reasons
+
+
 # -- follow: the loop -----------------------------------------------------------------------
 
 
@@ -339,7 +362,8 @@ class _Follower:
         self.job_colour = console.is_terminal and not console.no_color
         deploys = any((spec or {}).get("deploy") for spec in self.plan.get("jobs", {}).values())
         self.view = DagView(run_id, run.pipeline, run.created_at, self.plan,
-                            _deployment_lines(store, run_id) if deploys else None)
+                            _deployment_lines(store, run_id) if deploys else None,
+                            _waiting_lines(store, run_id, self.plan, run.created_at) if live else None)
         self.view.update(self.status, self.jobs)
 
     # -- the loop

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from coordinator.terminal import clean
 from shared.state import JobRecord, RunRecord, StateStore, UnknownRun
+from shared import worker_labels
 from shared.state.base import FAILED, RETRYING, RUNNING, AttemptRecord, epoch_seconds
 
 NONE = "-"  # what an empty cell shows, so columns never collapse
@@ -189,7 +190,9 @@ def status_json(store: StateStore, run_id: str,
     except UnknownRun:  # expired between the two reads
         return None
     members = artifacts(run_id) if artifacts is not None else {}
-    levels = {name: index for index, level in enumerate(job_levels(plan_of(store, run_id), jobs)) for name in level}
+    plan = plan_of(store, run_id)
+    levels = {name: index for index, level in enumerate(job_levels(plan, jobs)) for name in level}
+    waiting = waiting_reasons(store, plan, jobs, run.created_at)
     return {
         "run_id": run.run_id,
         "pipeline": run.pipeline,
@@ -197,9 +200,22 @@ def status_json(store: StateStore, run_id: str,
         "created_at": run.created_at,
         "finished_at": run.finished_at,
         "cancel_requested": run.cancel_requested,
-        "jobs": {name: {**_job_entry(run_id, name, job, members, extras), "level": levels[name]}
+        # `waiting` only on a job that could start but that no live worker can take.
+        "jobs": {name: {**_job_entry(run_id, name, job, members, extras), "level": levels[name],
+                        **({"waiting": waiting[name]} if name in waiting else {})}
                  for name, job in jobs.items()},
     }
+
+
+def waiting_reasons(store: StateStore, plan: Mapping[str, Any], jobs: Mapping[str, JobRecord],
+                    created_at: str) -> dict[str, str]:
+    """job -> why it waits (`waiting for a worker with labels gpu`), for the jobs that could
+    start but that no live worker can take (shared/worker_labels.py); empty where that is not
+    known (a SQLite store: no worker announces itself there)."""
+    try:
+        return worker_labels.waiting_reasons(getattr(store, "client", None), plan, jobs, created_at)
+    except Exception:  # the workers' hash unreadable (Redis restarting): the view goes on without it
+        return {}
 
 
 def _job_entry(run_id: str, name: str, job: JobRecord, members: Mapping[str, list[dict[str, Any]]],
@@ -248,6 +264,8 @@ def render_status(view: Mapping[str, Any], now: float | None = None) -> str:
     for name, job in view.get("jobs", {}).items():
         record = job_record_of(name, job)
         _, status, reason, attempts, took, worker = summary_row(name, record, now)
+        if job.get("waiting") and record.reason is None:
+            reason = clean(str(job["waiting"]))
         exit_code = NONE if record.exit_code is None else str(record.exit_code)
         level = job.get("level")
         rows.append([NONE if level is None else str(level), name, status, reason, attempts, took, exit_code, worker])

@@ -31,9 +31,9 @@ from celery import Celery
 from kombu import Queue
 
 from shared.config import RESULT_EXPIRES, ConfigError, Settings
+# The queue names (and the label queues `jobs.labels.*`) are defined with the label routing.
+from shared.worker_labels import DEPLOY_QUEUE, JOBS_QUEUE
 
-JOBS_QUEUE = "jobs"
-DEPLOY_QUEUE = "deploy"
 RUN_JOB_TASK = "conveyor.run_job"
 DEPLOY_TICK_TASK = "conveyor.deploy_tick"
 

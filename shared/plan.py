@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from shared.worker_labels import DEFAULT_QUEUE_TIMEOUT
+
 Env = Mapping[str, str]
 
 
@@ -72,6 +74,12 @@ class Job:
     # read-only; None: the worker's choice (docs/configuration.md, "Job limits").
     user: str | None = None
     read_only_root: bool | None = None
+    # The labels a worker must all have to take the job, sorted, each once (empty: any
+    # worker of the `jobs` queue), and how long (seconds) the job may wait, once it could
+    # start, while no live worker can take it before it fails with `no_worker`
+    # (shared/worker_labels.py; docs/pipeline-format.md, "Worker labels").
+    runs_on: tuple[str, ...] = ()
+    queue_timeout: int = DEFAULT_QUEUE_TIMEOUT
 
     @property
     def is_deployment(self) -> bool:
@@ -145,6 +153,8 @@ def _job_from_dict(data: Mapping[str, Any]) -> Job:
             "retry_policy": RetryPolicy(**data["retry_policy"]),
             "resources": Resources(**data["resources"]),
             "secrets": tuple(data["secrets"]),
+            # Plans written before `runs_on` existed have no key.
+            "runs_on": tuple(data.get("runs_on") or ()),
             "artifacts": Artifacts(**{**data["artifacts"], "paths": tuple(data["artifacts"]["paths"])}),
             "deploy": freeze(data["deploy"]) if data.get("deploy") is not None else None,
         }

@@ -6,19 +6,24 @@ place. Problems an operator must fix raise `WorkerStartError` with one line sayi
 """
 from __future__ import annotations
 
+import logging
 import os
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.celery_app import BrokerUnavailable, check_redis_urls, create_app
+from shared import worker_labels
 from shared.config import ConfigError, JobPolicy, Settings, job_policy
 from worker import metrics, tasks
 from worker.context import process_context, worker_name
 from worker.executors import resolve_user
 from worker.executors.contract import InfrastructureError
 from worker.reaper import start_reaper
+
+log = logging.getLogger("conveyor.worker")
 
 
 class WorkerStartError(Exception):
@@ -36,6 +41,9 @@ class WorkerOptions:
     metrics_address: str = "0.0.0.0"
     json_logs: bool = False
     loglevel: str = "INFO"
+    # `linux,docker,gpu`: the worker also takes the jobs whose `runs_on` these include
+    # (shared/worker_labels.py); empty: only jobs without `runs_on`.
+    labels: str = ""
 
 
 def check_local_user(policy: JobPolicy, data_dir: Path) -> None:
@@ -68,11 +76,52 @@ def check_local_user(policy: JobPolicy, data_dir: Path) -> None:
         os.chmod(data_dir / private, 0o700)
 
 
+def announce_presence(settings: Settings, hostname: str, labels: tuple[str, ...], queues: list[str],
+                      interval: float = worker_labels.ANNOUNCE_INTERVAL_S) -> None:
+    """Once Celery consumes, write this worker's labels and queues to the state store's Redis
+    every ``interval`` seconds (shared/worker_labels.py), and that it stopped when it stops.
+    Nothing with a state store other than Redis (no other process could read it)."""
+    from celery.signals import worker_ready, worker_shutdown
+
+    client = getattr(process_context(settings).store, "client", None)
+    if client is None:
+        return
+    stopping = threading.Event()
+
+    def beat(stopped: bool = False) -> None:
+        try:
+            worker_labels.announce(client, hostname, labels, queues, stopped=stopped)
+        except Exception as exc:  # Redis restarting: the next beat tries again
+            log.warning("cannot record this worker's presence: %s", exc)
+
+    def loop() -> None:
+        while not stopping.is_set():
+            beat()
+            stopping.wait(interval)
+
+    @worker_ready.connect(weak=False)
+    def start(**_: object) -> None:
+        threading.Thread(target=loop, name="conveyor-presence", daemon=True).start()
+
+    @worker_shutdown.connect(weak=False)
+    def stop(**_: object) -> None:
+        stopping.set()
+        beat(stopped=True)
+
+
 def start_worker(settings: Settings, options: WorkerOptions, say: Callable[[str], None]) -> None:
     """Run a worker until it is stopped. ``say`` prints this function's own messages
     (the metrics address, reaped containers) as text, whatever the log format."""
     if settings.embedded:
         raise WorkerStartError("a worker needs CONVEYOR_BROKER_URL (e.g. redis://host:6379/0)")
+    try:
+        labels = worker_labels.parse_labels(options.labels)
+    except ValueError as exc:
+        raise WorkerStartError(f"--labels: {exc}") from None
+    queues = [queue.strip() for queue in options.queues.split(",") if queue.strip()]
+    consumed = worker_labels.consumed_queues(queues, labels)
+    if not consumed:
+        raise WorkerStartError("--queues names no queue and there are no --labels: the worker would take nothing")
     try:
         # Every job's limits, from the operator's settings and this host (docs/configuration.md).
         policy = job_policy(settings, options.concurrency)
@@ -123,13 +172,19 @@ def start_worker(settings: Settings, options: WorkerOptions, say: Callable[[str]
             raise WorkerStartError(f"cannot serve metrics on {options.metrics_address}:{port}: {exc}") from None
         say(f"metrics on http://{options.metrics_address}:{server.server_port}/metrics")
     metrics.worker_info(hostname, executor.name)
+    if labels:
+        say(f"labels {', '.join(labels)}: taking jobs whose runs_on they include "
+            f"({len(worker_labels.label_queues(labels))} label queues)")
+    # Which labels are live is what `conveyor status` shows a waiting job, and what its
+    # queue_timeout counts from (worker/reaper.py).
+    announce_presence(settings, hostname, labels, queues)
     # Re-queues a dead worker's job about one lease after it died, not after the broker's
     # 2 h visibility timeout (docs/operations.md, "Lost-job recovery").
     start_reaper(app, settings)
     # Threads: a job task mostly waits on a container or process, so threads keep RSS low
     # and let one worker supervise many jobs.
     argv = [
-        "worker", f"--queues={options.queues}", f"--concurrency={options.concurrency}", f"--hostname={hostname}",
+        "worker", f"--queues={','.join(consumed)}", f"--concurrency={options.concurrency}", f"--hostname={hostname}",
         "--pool=threads", f"--loglevel={options.loglevel}", "--without-mingle",
     ]
     if options.json_logs:

@@ -26,6 +26,14 @@ queued or parked, unchanged for longer than the grace. It sends that job's task 
 (its dependents, then stalled in turn, follow one grace later). The task reads everything
 from the state store, so a copy too many only finds the job claimed or finished.
 
+Last, jobs no live worker can take (no live worker has all their `runs_on` labels, or
+consumes their queue: shared/worker_labels.py): one whose condition says it would not run is
+skipped at once, as the worker taking it would have; the others fail with `no_worker` once
+their `queue_timeout` has passed both since they could start and since a worker able to
+take them was last seen. Their message then moves to `jobs`, where any worker finds the job
+finished and sends the rest of the canvas. Any worker's reaper does this, so it holds
+whichever workers die (not when every worker is gone: then nothing runs at all).
+
 Restoring is exactly kombu's restore (same keys, `redelivered` set, pushed to the end the
 workers pop from), done by one Lua script that first checks the unacked entry is still the
 one inspected: two reapers, or kombu's own visibility restore, never push a message twice.
@@ -45,14 +53,18 @@ import uuid
 from bisect import bisect
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import redis as redis_py
 
+from shared import worker_labels
 from shared.celery_app import DEPLOY_QUEUE, JOBS_QUEUE, RUN_JOB_TASK, redis_ssl_options, without_ssl_parameters
 from shared.config import Settings
-from shared.state import StateStore, UnknownJob, UnknownRun
-from shared.state.base import PENDING, RETRYING, RUNNING, TERMINAL, JobRecord, epoch_seconds
+from shared.state import Claim, StateStore, UnknownJob, UnknownRun
+from shared.state.base import (
+    FAILED, PENDING, REASON_NO_WORKER, RETRYING, RUNNING, TERMINAL, JobRecord, epoch_seconds,
+)
+from shared.units import format_duration
 
 log = logging.getLogger("conveyor.reaper")
 
@@ -74,6 +86,14 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 for i = 3, #KEYS do redis.call('RPUSH', KEYS[i], ARGV[3]) end
 return 1
 """
+# KEYS: the queue list to take from, the one to push to. ARGV: the message, exactly as queued.
+_MOVE_LUA = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return 1
+"""
+# The worker named by the attempt that records a `no_worker` failure: no worker ran it.
+NO_WORKER = "(no worker)"
 # KEYS: lock. ARGV: token, milliseconds. Shortens (or extends) the lock only if still ours.
 _SET_LOCK_TTL_LUA = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -206,12 +226,26 @@ class Action:
 Resend = Callable[[str, str, str], None]  # (run id, job, queue): publish the job's task
 
 
+@dataclass(frozen=True)
+class Route:
+    """What the reaper reads of one job of a stored plan."""
+
+    depends_on: tuple[str, ...] = ()
+    queue: str = JOBS_QUEUE
+    runs_on: tuple[str, ...] = ()
+    deploy: bool = False
+    queue_timeout: float = worker_labels.DEFAULT_QUEUE_TIMEOUT
+
+
+NO_ROUTE = Route()
+
+
 class Reaper(threading.Thread):
     """A daemon thread restoring lost job messages every `interval` seconds (±25 %)."""
 
     def __init__(self, broker: redis_py.Redis, keys: BrokerKeys, store: StateStore, *,
                  interval: float, grace: float, resend: Resend | None = None,
-                 name: str = "conveyor-reaper") -> None:
+                 name: str = "conveyor-reaper", startup_grace: float = 0.0) -> None:
         super().__init__(name=name, daemon=True)
         self.broker = broker
         self.keys = keys
@@ -227,7 +261,14 @@ class Reaper(threading.Thread):
         self._failing = False
         # (run, job) -> ((status, attempt), first seen): a stall must outlast the grace
         self._suspects: dict[tuple[str, str], tuple[tuple[str, int], float]] = {}
-        self._plans: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {}
+        self._plans: dict[str, dict[str, Route]] = {}
+        self._move = broker.register_script(_MOVE_LUA)
+        # (run, job) whose condition holds: the reaper never skips them (the answer cannot change)
+        self._must_run: set[tuple[str, str]] = set()
+        self._pass_jobs: dict[str, dict[str, JobRecord]] = {}
+        # No job fails `no_worker` before this many seconds have passed: the workers starting
+        # with this one (itself included) announce themselves once Celery consumes.
+        self._fail_after = time.monotonic() + startup_grace
 
     def stop(self) -> None:
         self._stopping.set()
@@ -253,9 +294,12 @@ class Reaper(threading.Thread):
             return None
         try:
             actions = self._restore_parked()
+            self._pass_jobs = {}  # each running run's jobs, read once for both checks below
             if self.resend is not None:
                 actions += self._resend_stalled()
+            actions += self._expire_unserved()
         finally:
+            self._pass_jobs = {}
             # Keep the lock for about one interval: the cluster makes one pass per interval,
             # not one per worker.
             self._set_lock_ttl(keys=[lock], args=[self._token, max(1, int(self.interval * 1000))])
@@ -310,6 +354,12 @@ class Reaper(threading.Thread):
             pipe.exists(lease_key(run_id, name))
         return {name: bool(alive) for name, alive in zip(names, pipe.execute())}
 
+    def _run_jobs(self, run_id: str) -> dict[str, JobRecord]:
+        """Every job of the run, read once per pass."""
+        if run_id not in self._pass_jobs:
+            self._pass_jobs[run_id] = self._jobs(run_id, None)
+        return self._pass_jobs[run_id]
+
     def _jobs(self, run_id: str, names: list[str] | None) -> dict[str, JobRecord]:
         try:
             return self.store.get_jobs(run_id, names)
@@ -361,11 +411,11 @@ class Reaper(threading.Thread):
             plan = self._plan(run_id)
             if plan is None:
                 continue
-            jobs = self._jobs(run_id, None)
+            jobs = self._run_jobs(run_id)
             running = [name for name, job in jobs.items() if job.status == RUNNING]
             leases = self._leases(run_id, running) if running else {}
             for name, job in jobs.items():
-                why = _stall(job, plan.get(name, ((), JOBS_QUEUE))[0], jobs, leases.get(name, False), now,
+                why = _stall(job, plan.get(name, NO_ROUTE).depends_on, jobs, leases.get(name, False), now,
                              self.grace)
                 if why is None:
                     continue
@@ -375,13 +425,13 @@ class Reaper(threading.Thread):
                     seen = (mark, now)
                 suspects[(run_id, name)] = seen
                 if now - seen[1] >= self.grace:
-                    confirmed.append((run_id, name, plan.get(name, ((), JOBS_QUEUE))[1], why))
+                    confirmed.append((run_id, name, plan.get(name, NO_ROUTE).queue, why))
         self._suspects = suspects
         if not confirmed:
             return []
         # Queues first, then the parked messages: a message moves from the first to the
         # second, so reading in this order sees it at least once.
-        present = self._queued()
+        present = self._queued({queue for _, _, queue, _ in confirmed})
         present |= {(m.run_id, m.job) for m in self._parked()}
         done = []
         for run_id, name, queue, why in confirmed:
@@ -395,17 +445,24 @@ class Reaper(threading.Thread):
 
     def _running_runs(self, now: float) -> list[str]:
         """Runs created within the stall horizon whose status is `running` (read-only)."""
+        return [run_id for run_id, _ in self._running_runs_created(now)]
+
+    def _running_runs_created(self, now: float) -> list[tuple[str, str]]:
+        """(run id, created_at) of the runs `_running_runs` returns."""
+        from shared.state.base import iso_ms
         from shared.state.redis import RUNS_KEY, run_key
 
         client = getattr(self.store, "client")
-        ids = client.zrangebyscore(RUNS_KEY, int((now - STALL_HORIZON_S) * 1000), "+inf")
+        found = client.zrangebyscore(RUNS_KEY, int((now - STALL_HORIZON_S) * 1000), "+inf", withscores=True)
         pipe = client.pipeline(transaction=False)
-        for run_id in ids:
+        for run_id, _ in found:
             pipe.hget(run_key(_text(run_id), "run"), "status")
-        return [_text(run_id) for run_id, status in zip(ids, pipe.execute()) if status == RUNNING]
+        return [(_text(run_id), iso_ms(created) or "") for (run_id, created), status in zip(found, pipe.execute())
+                if status == RUNNING]
 
-    def _plan(self, run_id: str) -> dict[str, tuple[tuple[str, ...], str]] | None:
-        """job -> (dependencies, queue) of the run's stored plan; None when unusable."""
+    def _plan(self, run_id: str) -> dict[str, Route] | None:
+        """job -> its dependencies, queue, labels and queue timeout in the run's stored plan;
+        None when unusable."""
         if run_id not in self._plans:
             try:
                 jobs = self.store.get_plan(run_id).get("jobs")
@@ -415,15 +472,13 @@ class Reaper(threading.Thread):
                 return None
             if len(self._plans) > 256:
                 self._plans.clear()
-            self._plans[run_id] = {
-                name: (tuple(job.get("depends_on") or ()), DEPLOY_QUEUE if job.get("deploy") else JOBS_QUEUE)
-                for name, job in jobs.items()
-            }
+            self._plans[run_id] = {name: _route(job) for name, job in jobs.items() if isinstance(job, dict)}
         return self._plans[run_id]
 
-    def _queued(self) -> set[tuple[str, str]]:
-        """(run, job) of every run_job message waiting in the jobs and deploy queues."""
-        keys = [self.keys.queue_key(queue, step) for queue in (JOBS_QUEUE, DEPLOY_QUEUE)
+    def _queued(self, queues: Iterable[str] = ()) -> set[tuple[str, str]]:
+        """(run, job) of every run_job message waiting in the jobs and deploy queues, and in
+        ``queues`` (the label queues of the jobs in question)."""
+        keys = [self.keys.queue_key(queue, step) for queue in dict.fromkeys([JOBS_QUEUE, DEPLOY_QUEUE, *queues])
                 for step in self.keys.priority_steps]
         found: set[tuple[str, str]] = set()
         for key in keys:
@@ -435,6 +490,114 @@ class Reaper(threading.Thread):
                 if task is not None:
                     found.add(task[:2])
         return found
+
+    # -- jobs no live worker can take ------------------------------------------------------------
+
+    def _expire_unserved(self) -> list[Action]:
+        """Jobs waiting to start that no live worker can take (no live worker has their labels,
+        or consumes their queue: shared/worker_labels.py). One whose condition says it would
+        not run is skipped at once, as a worker would have; the others fail with `no_worker`
+        once their `queue_timeout` has passed both since they could start and since a worker
+        that can take them was last seen alive (a restarting worker is waited for). Their
+        message then moves to the `jobs` queue, where any worker finds the job finished and
+        lets the rest of the canvas go on."""
+        client = getattr(self.store, "client", None)
+        if client is None:
+            return []
+        workers, now = worker_labels.presences(client)
+        done: list[Action] = []
+        for run_id, created_at in self._running_runs_created(now):
+            plan = self._plan(run_id)
+            if plan is None:
+                continue
+            jobs = self._run_jobs(run_id)
+            for name, job in jobs.items():
+                route = plan.get(name, NO_ROUTE)
+                if not worker_labels.may_wait(job, [jobs.get(d) for d in route.depends_on]):
+                    continue  # the cheap test first: most jobs run, ran or wait for others
+                upstream = worker_labels.ancestors(name, lambda other: plan.get(other, NO_ROUTE).depends_on)
+                since = worker_labels.waiting_since(job, [jobs[a] for a in upstream if a in jobs], created_at)
+                if since is None or worker_labels.can_be_taken(route.runs_on, route.deploy, workers, now):
+                    continue
+                action = None
+                if job.status == PENDING:
+                    action = self._skip_unserved(run_id, name, route, jobs)
+                last = worker_labels.last_seen_able(route.runs_on, route.deploy, workers) or 0.0
+                if action is None and now - max(since, last) >= route.queue_timeout and \
+                        time.monotonic() >= self._fail_after:
+                    action = self._fail_unserved(run_id, name, route, workers, now)
+                if action is not None:
+                    done.append(action)
+        return done
+
+    def _skip_unserved(self, run_id: str, name: str, route: Route, jobs: Mapping[str, JobRecord]) -> Action | None:
+        """Skip a pending job whose condition says it would not run (what a worker taking it
+        would do first): None when it would run."""
+        if (run_id, name) in self._must_run:
+            return None
+        from shared.plan import Plan
+        from worker.job_runner import decide
+
+        try:
+            plan = Plan.from_dict(self.store.get_plan(run_id))
+            run = self.store.get_run(run_id)
+        except UnknownRun:
+            return None
+        if run is None or name not in plan.jobs:
+            return None
+        reason = decide(plan, plan.jobs[name], dict(jobs), run.cancel_requested)
+        if reason is None:
+            if len(self._must_run) > 4096:
+                self._must_run.clear()
+            self._must_run.add((run_id, name))
+            return None
+        if not self.store.skip(run_id, name, reason):
+            return None
+        self._release(run_id, name, route.queue)
+        return Action(run_id, name, "skipped", f"{reason}; no live worker can take it")
+
+    def _fail_unserved(self, run_id: str, name: str, route: Route, workers: list[worker_labels.WorkerPresence],
+                       now: float) -> Action | None:
+        """Fail a job no live worker took within its queue_timeout with `no_worker`, through an
+        attempt of NO_WORKER whose log says why; None when it was claimed meanwhile."""
+        claim = self.store.claim(run_id, name, NO_WORKER, 60_000)
+        if not isinstance(claim, Claim):
+            return None
+        wanted = worker_labels.waiting_reason(route.runs_on, route.deploy, (), now) or "waiting for a worker"
+        live = [f"{w.name} [{', '.join(sorted(w.labels)) or 'no labels'}]" for w in workers if w.live(now)]
+        text = (f"no worker could take this job within its queue_timeout of {format_duration(route.queue_timeout)} "
+                f"({wanted.removeprefix('waiting for ')}); live workers: {'; '.join(live) or 'none'}")
+        try:
+            self.store.append_logs(run_id, name, [("system", text)])
+        finally:
+            self.store.finish(run_id, name, claim.token, FAILED, reason=REASON_NO_WORKER)
+        self._release(run_id, name, route.queue)
+        return Action(run_id, name, "failed", f"{REASON_NO_WORKER}: {wanted.removeprefix('waiting for ')}")
+
+    def _release(self, run_id: str, name: str, queue: str) -> None:
+        """Move the job's waiting messages from ``queue`` to `jobs`: the worker that takes one
+        finds the job finished and sends the rest of its chain, which would otherwise wait
+        in a queue nobody consumes."""
+        if queue == JOBS_QUEUE:
+            return
+        for step in self.keys.priority_steps:
+            source = self.keys.queue_key(queue, step)
+            for raw in self.broker.lrange(source, 0, -1):
+                try:
+                    task = job_task(json.loads(raw))
+                except ValueError:
+                    continue
+                if task is not None and task[:2] == (run_id, name):
+                    self._move(keys=[source, self.keys.queue_key(JOBS_QUEUE, step)], args=[raw])
+
+
+def _route(job: Mapping[str, Any]) -> Route:
+    runs_on = tuple(label for label in job.get("runs_on") or () if isinstance(label, str))
+    deploy = bool(job.get("deploy"))
+    timeout = job.get("queue_timeout")
+    return Route(depends_on=tuple(job.get("depends_on") or ()), queue=worker_labels.job_queue(runs_on, deploy),
+                 runs_on=runs_on, deploy=deploy,
+                 queue_timeout=float(timeout) if isinstance(timeout, (int, float)) else worker_labels.DEFAULT_QUEUE_TIMEOUT)
 
 
 def _stall(job: JobRecord, deps: tuple[str, ...], jobs: Mapping[str, JobRecord], lease_alive: bool, now: float,
@@ -495,7 +658,7 @@ def start_reaper(app: Any, settings: Settings) -> Reaper | None:
                           queue=queue).apply_async()
 
         reaper = Reaper(broker, BrokerKeys.from_options(options), open_state(state_url), interval=interval,
-                        grace=grace, resend=resend)
+                        grace=grace, resend=resend, startup_grace=worker_labels.LIVE_S)
         reaper.start()
         _started[url] = reaper
         return reaper

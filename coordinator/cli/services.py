@@ -20,9 +20,15 @@ from shared.logformat import FORMATS
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--executor", type=click.Choice(["docker", "local"]),
               help="Where steps run (default CONVEYOR_EXECUTOR, else docker; `local` isolates nothing).")
+@click.option("--labels", envvar="CONVEYOR_WORKER_LABELS", default="", metavar="LABEL,...",
+              help="This worker's labels, e.g. linux,docker,gpu (at most 8; env CONVEYOR_WORKER_LABELS): "
+                   "it also takes the jobs whose runs_on they include.")
 def worker(queues: str, concurrency: int, name: str | None, metrics_port: int | None, metrics_address: str,
-           log_format: str, loglevel: str, executor: str | None) -> None:
+           log_format: str, loglevel: str, executor: str | None, labels: str) -> None:
     """A Celery worker for jobs (queue `jobs`) and deployments (queue `deploy`).
+
+    With `--labels`, it also takes the jobs whose `runs_on` names only labels it has
+    (one queue per subset of its labels: `jobs.labels.gpu`, `jobs.labels.gpu+linux`, ...).
 
     Steps run in Docker containers unless `--executor local` (or CONVEYOR_EXECUTOR=local)
     says to run them on this host, unisolated; without an engine the worker does not start.
@@ -35,7 +41,8 @@ def worker(queues: str, concurrency: int, name: str | None, metrics_port: int | 
     from worker.main import WorkerOptions, WorkerStartError, start_worker
 
     options = WorkerOptions(queues=queues, concurrency=concurrency, name=name, metrics_port=metrics_port,
-                            metrics_address=metrics_address, json_logs=log_format == "json", loglevel=loglevel)
+                            metrics_address=metrics_address, json_logs=log_format == "json", loglevel=loglevel,
+                            labels=labels)
     try:
         start_worker(cli_settings(executor), options, say=lambda message: click.echo(message, err=True))
     except WorkerStartError as exc:

@@ -17,7 +17,7 @@ from coordinator.frontend.schema import field_path, validate_substituted
 from coordinator.frontend.yaml_source import Path, SourceMap
 from coordinator.triggers.events import system_variables as trigger_variables
 from shared.units import parse_duration
-from shared import dag, expressions
+from shared import dag, expressions, worker_labels
 from shared.plan import Artifacts, Job, Plan, Resources, RetryPolicy, Step, freeze, frozen_env
 
 DEFAULT_IMAGE = "ubuntu:20.04"
@@ -269,7 +269,37 @@ class Compiler:
             deploy=freeze(deploy) if deploy is not None else None,
             user=str(raw["user"]) if "user" in raw else None,
             read_only_root=raw.get("read_only_root"),
+            runs_on=self.compile_runs_on(raw, job_env, path) if deploy is None else (),
+            queue_timeout=int(parse_duration(raw.get("queue_timeout", self.defaults.get(
+                "queue_timeout", worker_labels.DEFAULT_QUEUE_TIMEOUT)))),
         )
+
+    def compile_runs_on(self, raw: dict, scope: Mapping[str, str], path: Path) -> tuple[str, ...]:
+        """`runs_on:` (the job's, else `defaults.runs_on`) substituted, sorted, each label once.
+        Labels written with `$` are checked here, after substitution; semantic.py checked the others."""
+        where: Path = path + ("runs_on",) if "runs_on" in raw else ("defaults", "runs_on")
+        value = raw.get("runs_on", self.defaults.get("runs_on"))
+        if isinstance(value, str):
+            items = [(value, where)]
+        else:
+            items = [(text, where + (i,)) for i, text in enumerate(value or ())]
+        labels: list[str] = []
+        for text, at in items:
+            if "$" in text:
+                before = len(self.out.errors)
+                text = self.substitute(text, scope, at)
+                if len(self.out.errors) > before:
+                    continue
+                problem = worker_labels.label_problem(text)
+                if problem is not None:
+                    self.error(at, f"{field_path(at)} (after substitution): '{text}' is not a worker label", problem)
+                    continue
+            labels.append(text)
+        unique = tuple(sorted(set(labels)))
+        if len(unique) > worker_labels.MAX_LABELS and any("$" in text for text, _ in items):
+            self.error(where, f"{field_path(where)} (after substitution): {len(unique)} labels, but a worker has "
+                       f"at most {worker_labels.MAX_LABELS}", "no worker could take this job")
+        return unique
 
     def check_deploy(self, deploy: Any, raw: Any, path: Path) -> None:
         """A `deploy:` block checked again after substitution (`strategy: ${STRATEGY}`)."""

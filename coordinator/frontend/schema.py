@@ -14,6 +14,7 @@ from coordinator.frontend.diagnostics import Diagnostics
 from shared.suggest import did_you_mean
 from coordinator.frontend.fastcheck import conforms
 from coordinator.frontend.yaml_source import Path, SourceMap
+from shared.worker_labels import MAX_QUEUE_TIMEOUT
 
 NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
 ENV_NAME_RE = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -166,6 +167,9 @@ DEPLOY = {
     "rollback_on_failure": {"type": "boolean"},
 }
 
+RUNS_ON = {"type": ["string", "list"], "empty": False, "schema": {"type": "string"}}
+QUEUE_TIMEOUT = {"type": ["string", "int"], "regex": DURATION_RE, "min": 1, "max": MAX_QUEUE_TIMEOUT}
+
 JOB = {
     "steps": {"type": "list", "minlength": 1, "schema": {"type": "dict", "schema": STEP}},
     "deploy": {"type": "dict", "schema": DEPLOY},
@@ -195,6 +199,10 @@ JOB = {
     # Docker steps' user, numeric only (a name means what the image says; docs/pipeline-format.md).
     "user": {"type": ["string", "int"], "regex": r"[0-9]+(:[0-9]+)?", "min": 0},
     "read_only_root": {"type": "boolean"},
+    # Worker labels (docs/pipeline-format.md, "Worker labels"): each label's syntax is
+    # semantic.py's (after substitution, the compiler's), so `runs_on: ${{ env.OS }}` works.
+    "runs_on": RUNS_ON,
+    "queue_timeout": QUEUE_TIMEOUT,
 }
 
 PIPELINE = {
@@ -218,6 +226,8 @@ PIPELINE = {
             "retry_count": _int(0, 5),
             "environment": ENV_MAP,
             "resources": RESOURCES,
+            "runs_on": RUNS_ON,
+            "queue_timeout": QUEUE_TIMEOUT,
         },
     },
     "triggers": {"type": "list", "schema": {"type": "dict"}},

@@ -6,14 +6,18 @@ single pass reports as much as it can.
 from __future__ import annotations
 
 import posixpath
+import re
 from typing import Any
 
 from coordinator.frontend import matrix as matrix_mod
 from coordinator.frontend.diagnostics import Diagnostics
 from shared.suggest import did_you_mean
-from coordinator.frontend.schema import field_path
+from coordinator.frontend.schema import DURATION_RE, field_path
 from coordinator.frontend.yaml_source import Path, SourceMap
-from shared import dag, expressions
+from shared import dag, expressions, worker_labels
+from shared.units import parse_duration
+
+DURATION_TEXT = re.compile(DURATION_RE)
 
 BUILTIN_ACTIONS = ("noop",)
 CONDITION_ROOTS = expressions.KNOWN_ROOTS  # every root, `jobs` and `git` included
@@ -48,6 +52,9 @@ class SemanticChecker:
 
     def run(self) -> None:
         self.check_nul()
+        defaults = _mapping(self.data.get("defaults"))
+        self.check_runs_on(defaults.get("runs_on"), ("defaults", "runs_on"), "defaults")
+        self.check_queue_timeout(defaults.get("queue_timeout"), ("defaults", "queue_timeout"))
         for name, job in self.jobs.items():
             if isinstance(job, dict):
                 self.check_job(str(name), job)
@@ -95,11 +102,48 @@ class SemanticChecker:
         for i, pattern in enumerate(_strings(_mapping(job.get("artifacts")).get("paths"))):
             if escapes_workspace(pattern):
                 self.error(path + ("artifacts", "paths", i), f"job '{name}': artifact path '{pattern}' escapes the workspace", "use a path relative to the workspace, without '..' above it")
+        self.check_runs_on(job.get("runs_on"), path + ("runs_on",), f"job '{name}'", deploy=has_deploy)
+        self.check_queue_timeout(job.get("queue_timeout"), path + ("queue_timeout",))
         conditional = job.get("conditional")
         if isinstance(conditional, str):
             self.check_expression(conditional, path + ("conditional",), CONDITION_ROOTS, status_functions=True,
                                   condition=True)
             self.check_condition_jobs(name, job, conditional, path + ("conditional",))
+
+    # -- worker labels ---------------------------------------------------------------
+    def check_runs_on(self, value: Any, path: Path, who: str, *, deploy: bool = False) -> None:
+        """`runs_on:`: one label or a list, each of the label syntax (values with `$` are
+        checked by the compiler once substituted), at most as many as a worker can have."""
+        if value is None:
+            return
+        if deploy:
+            self.error(path, f"{who}: runs_on does not apply to a deploy job",
+                       "deploy jobs run on the workers of the deploy queue; remove runs_on", at_key=True)
+            return
+        items = [(value, path)] if isinstance(value, str) else \
+            [(v, path + (i,)) for i, v in enumerate(value) if isinstance(v, str)] if isinstance(value, list) else []
+        seen: set[str] = set()
+        for label, where in items:
+            if "$" in label:
+                continue
+            problem = worker_labels.label_problem(label)
+            if problem is not None:
+                self.error(where, f"{field_path(where)}: '{label}' is not a worker label", problem)
+            elif label in seen:
+                self.out.warning(self.source.nearest(where), f"{who} lists label '{label}' in runs_on twice")
+            seen.add(label)
+        if len(seen) > worker_labels.MAX_LABELS:
+            self.error(path, f"{field_path(path)}: {len(seen)} labels, but a worker has at most "
+                       f"{worker_labels.MAX_LABELS}", "no worker could take this job")
+
+    def check_queue_timeout(self, value: Any, path: Path) -> None:
+        """A duration written as text (`30m`): the schema checked its form, this its range."""
+        if not isinstance(value, str) or not DURATION_TEXT.fullmatch(value):
+            return
+        seconds = parse_duration(value)
+        if seconds > worker_labels.MAX_QUEUE_TIMEOUT:
+            self.error(path, f"{field_path(path)}: must be at most {worker_labels.MAX_QUEUE_TIMEOUT // 3600}h "
+                       f"({worker_labels.MAX_QUEUE_TIMEOUT} seconds), got '{value}'")
 
     def check_steps(self, job_name: str, steps: list) -> None:
         seen: dict[str, int] = {}

@@ -53,6 +53,7 @@ REASON_CANCELLED = "cancelled"
 REASON_UPSTREAM_FAILED = "upstream_failed"
 REASON_CONDITION_FALSE = "condition_false"
 REASON_INTEGRITY_ERROR = "integrity_error"
+REASON_NO_WORKER = "no_worker"  # no live worker could take the job within its queue_timeout
 REASONS = frozenset(
     {
         REASON_SCRIPT_FAILURE,
@@ -65,6 +66,7 @@ REASONS = frozenset(
         REASON_UPSTREAM_FAILED,
         REASON_CONDITION_FALSE,
         REASON_INTEGRITY_ERROR,
+        REASON_NO_WORKER,
     }
 )
 SKIP_REASONS = frozenset({REASON_CONDITION_FALSE, REASON_UPSTREAM_FAILED})
