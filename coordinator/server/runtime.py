@@ -1,14 +1,15 @@
 """What a server process runs beside its HTTP handlers, and what they share.
 
 `ServerRuntime` holds the configured repositories, the coordination keys, the run
-starter and the commit-status sender, and runs one background thread, the *watcher*,
-every `WATCH_INTERVAL_S`:
+starter and the commit-status sender, and runs two background threads, every
+`WATCH_INTERVAL_S`:
 
-- runs the servers started and that have ended get their final commit status (sent by
-  exactly one server: a claim in the coordination keys), and their concurrency group's
-  next waiting run is started;
-- schedules that are due fire (coordinator/server/scheduler.py), once per tick across
-  servers.
+- the *watcher*: runs the servers started and that have ended get their final commit
+  status (sent by exactly one server: a claim in the coordination keys), and their
+  concurrency group's next waiting run is started;
+- the *scheduler*: schedules that are due fire (coordinator/server/scheduler.py), once
+  per tick across servers; it has its own thread because refreshing the schedules
+  fetches every repository, which may be slow.
 
 Everything it decides from is in the shared stores, so any server can do this work and a
 server that dies mid-way leaves nothing another one cannot finish.
@@ -47,7 +48,7 @@ class ServerRuntime:
         self.starter = RunStarter(settings, store, coordination, send_canvas, on_status=self.queue_status)
         self.scheduler: Any = None  # set by the scheduler module when repositories have schedules
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # -- commit statuses ---------------------------------------------------------------
 
@@ -88,13 +89,17 @@ class ServerRuntime:
     # -- the watcher ---------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._watch_loop, name="conveyor-server-watcher", daemon=True)
-        self._thread.start()
+        # Two threads: a slow fetch while refreshing schedules must not hold back final
+        # statuses and concurrency groups.
+        self._threads = [threading.Thread(target=self._watch_loop, name="conveyor-server-watcher", daemon=True),
+                         threading.Thread(target=self._schedule_loop, name="conveyor-server-scheduler", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
         if self.status_sender is not None:
             self.status_sender.close(timeout)
 
@@ -104,11 +109,15 @@ class ServerRuntime:
                 self.watch_once()
             except Exception as exc:  # Redis restarting: try again next round
                 log.warning("watcher: %s: %s", type(exc).__name__, exc)
-            if self.scheduler is not None:
-                try:
-                    self.scheduler.tick()
-                except Exception as exc:
-                    log.warning("scheduler: %s: %s", type(exc).__name__, exc)
+
+    def _schedule_loop(self) -> None:
+        while not self._stop.wait(WATCH_INTERVAL_S):
+            if self.scheduler is None:
+                continue
+            try:
+                self.scheduler.tick()
+            except Exception as exc:
+                log.warning("scheduler: %s: %s", type(exc).__name__, exc)
 
     def watch_once(self) -> None:
         """One pass over the watched runs (also called by tests)."""

@@ -152,7 +152,9 @@ def test_a_flipped_byte_fails_the_download_and_verify(s3_cluster, s3_endpoint: s
     assert healed.returncode == 0, healed.stderr
 
 
-def test_artifact_paths_that_leave_the_workspace_fail_the_job(s3_cluster) -> None:
+def test_a_link_that_leaves_the_workspace_is_kept_as_a_link_never_followed(s3_cluster, tmp_path) -> None:
+    # As tar and GitLab do: `out/passwd -> /etc/passwd` is stored as that link (its target
+    # text), never as the host's file, and comes back as the same link.
     pipeline = s3_cluster.pipeline("""
         name: escape
         jobs:
@@ -162,10 +164,14 @@ def test_artifact_paths_that_leave_the_workspace_fail_the_job(s3_cluster) -> Non
     """)
     run_id = s3_cluster.submit(pipeline)
     job = s3_cluster.wait(run_id)["jobs"]["sneaky"]
-    assert job["status"] == "failed" and job["reason"] == "script_failure"
-    assert job["attempts"] == 1  # refused once, not retried
-    assert "passwd" in s3_cluster.logs(run_id, "sneaky")
-    assert job["artifacts"] == []
+    assert job["status"] == "success", s3_cluster.logs(run_id, "sneaky")
+    [member] = job["artifacts"]
+    assert member["path"] == "out/passwd" and member["link_target"] == "/etc/passwd"
+    assert "kept 1 symlink pointing outside the workspace" in s3_cluster.logs(run_id, "sneaky")
+    got = s3_cluster.cli("artifacts", "get", run_id, "sneaky", "-o", str(tmp_path / "got"))
+    assert got.returncode == 0, got.stderr
+    link = tmp_path / "got" / "out" / "passwd"
+    assert link.is_symlink() and str(link.readlink()) == "/etc/passwd"
 
 
 @pytest.mark.slow

@@ -31,10 +31,7 @@ from hypothesis import strategies as st
 from shared.artifacts import open_store
 from shared.artifacts.base import ArtifactError, PathError
 from shared.artifacts.manifest import Manifest, ManifestEntry, build_manifest, download_tree
-from shared.state import JobMeta, open_state
-from worker.artifacts import ArtifactAccess
-from worker.executors.local import LocalExecutor
-from worker.job_runner import Reschedule, WorkerContext, run_job
+from tests.worker.local_run import run_until_done, start_local_run
 
 RUN = "20261203-120000-11e5ec"
 
@@ -195,8 +192,6 @@ def test_a_literal_glob_through_a_link_leaving_the_workspace_is_still_refused(tm
 
 
 def test_two_dependencies_cannot_combine_into_a_write_outside_the_workspace(tmp_path: Path, outside: Path) -> None:
-    from coordinator.frontend import load_text
-
     pipeline = textwrap.dedent(f"""
         name: split
         jobs:
@@ -210,25 +205,10 @@ def test_two_dependencies_cannot_combine_into_a_write_outside_the_workspace(tmp_
             depends_on: [a, b]
             steps: [{{name: never, script: ["echo ran"]}}]
     """)
-    result = load_text(pipeline, "p.yml", parameters={}, run_id=RUN)
-    assert result.ok, result.diagnostics
-    store = open_state("sqlite:///" + str(tmp_path / "state.db"))
-    store.create_run(RUN, result.plan.pipeline, {name: JobMeta() for name in result.plan.jobs},
-                     result.plan.to_dict(), {})
-    ctx = WorkerContext(
-        store=store, executor=LocalExecutor(scripts_root=tmp_path / "jobs"), worker_name="w1",
-        data_dir=tmp_path / "data", lease_seconds=3,
-        artifacts=ArtifactAccess(artifacts_url=f"file://{tmp_path / 'artifacts'}",
-                                 state_url="sqlite:///" + str(tmp_path / "state.db")),
-    )
+    store, ctx = start_local_run(tmp_path, pipeline, RUN)
 
     def run(job: str) -> dict:
-        for _ in range(10):
-            try:
-                return run_job(ctx, RUN, job)
-            except Reschedule:
-                continue
-        raise AssertionError(f"{job} still rescheduling")
+        return run_until_done(ctx, RUN, job)
 
     assert run("a")["status"] == "success"
     assert run("b")["status"] == "success"

@@ -15,7 +15,6 @@ store and a file artifact store.
 from __future__ import annotations
 
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -23,10 +22,8 @@ import pytest
 from shared.artifacts import manifest as manifest_mod
 from shared.artifacts.base import PathError
 from shared.artifacts.manifest import GlobLimitError, build_manifest
-from shared.state import JobMeta, open_state
-from worker.artifacts import ArtifactAccess, ArtifactFailure, _guarded
-from worker.executors.local import LocalExecutor
-from worker.job_runner import Reschedule, WorkerContext, run_job
+from worker.artifacts import ArtifactFailure, _guarded
+from tests.worker.local_run import job_log, run_until_done, start_local_run
 
 RUN = "20261203-120000-0ab1e5"
 
@@ -96,34 +93,15 @@ def test_the_glob_limit_is_a_script_failure_that_is_not_retried() -> None:
 
 
 def start(tmp_path: Path, pipeline: str):
-    from coordinator.frontend import load_text
-
-    result = load_text(textwrap.dedent(pipeline), "p.yml", parameters={}, run_id=RUN)
-    assert result.ok, result.diagnostics
-    store = open_state("sqlite:///" + str(tmp_path / "state.db"))
-    store.create_run(RUN, result.plan.pipeline, {name: JobMeta() for name in result.plan.jobs},
-                     result.plan.to_dict(), {})
-    ctx = WorkerContext(
-        store=store, executor=LocalExecutor(scripts_root=tmp_path / "jobs"), worker_name="w1",
-        data_dir=tmp_path / "data", lease_seconds=3,
-        artifacts=ArtifactAccess(artifacts_url=f"file://{tmp_path / 'artifacts'}",
-                                 state_url="sqlite:///" + str(tmp_path / "state.db")),
-    )
-    return store, ctx
+    return start_local_run(tmp_path, pipeline, RUN)
 
 
-def run_to_the_end(ctx: WorkerContext, job: str) -> dict:
-    for _ in range(10):
-        try:
-            return run_job(ctx, RUN, job)
-        except Reschedule:
-            continue
-    raise AssertionError(f"{job} still rescheduling")
+def run_to_the_end(ctx, job: str) -> dict:
+    return run_until_done(ctx, RUN, job)
 
 
 def log_text(store, job: str) -> str:
-    entries, _ = store.read_logs(RUN, job, after=None, count=10_000)
-    return "\n".join(entry.text for entry in entries)
+    return job_log(store, RUN, job)
 
 
 def test_a_job_linking_the_host_root_gets_nothing_of_it(tmp_path: Path) -> None:
