@@ -461,9 +461,10 @@ def test_a_killed_workers_job_reruns_within_seconds_not_after_the_visibility_tim
     killed = time.monotonic()
     rescuer = cluster.worker("rescuer", concurrency=1)
     status = cluster.wait(run_id, timeout=40)
-    # lease (3 s) + a reaper pass (1 s) + the 6 s job + the next job, with slack for start-up;
-    # without the reaper the re-run would wait for the 2 h visibility timeout
-    assert time.monotonic() - killed < 30
+    # lease (3 s) + a reaper pass (1 s) + the 6 s job + the next job, plus the rescuer's
+    # start-up, which a loaded CI machine has stretched past 30 s; without the reaper the
+    # re-run would wait for the 2 h visibility timeout, so a minute still tells them apart
+    assert time.monotonic() - killed < 60
     assert status["status"] == "success"
     work = status["jobs"]["work"]
     assert [(a["worker"], a["reason"]) for a in work["attempt_history"]] == [("victim", "worker_lost"), ("rescuer", None)]
