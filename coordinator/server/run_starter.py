@@ -69,8 +69,8 @@ class Started:
     diagnostic_items: tuple[dict, ...] = field(default=())  # the same as {file, line, col, severity, ...}
 
 
-StatusHook = Callable[[Repository, str, str, str], None]
-"""`(repository, run_id, pipeline name, state)`: queue a commit status (never blocks)."""
+StatusHook = Callable[[Repository, str, str, str, str], None]
+"""`(repository, run_id, pipeline name, commit sha, state)`: queue a commit status (never blocks)."""
 
 
 class RunStarter:
@@ -138,7 +138,7 @@ class RunStarter:
                               plan.to_dict(), meta)
         for text_note in notes:
             self.coordination.note(run_id, {"kind": "fork", "message": text_note})
-        self._watch(repository, run_id, plan.pipeline)
+        self._watch(repository, run_id, plan.pipeline, event.sha)
         if group:
             self._join_group(group, run_id, plan, bool(plan.concurrency and plan.concurrency["cancel_in_progress"]))
         else:
@@ -187,12 +187,12 @@ class RunStarter:
         token = getattr(claim, "token", None)
         if token is not None:
             self.store.finish(run_id, INVALID_JOB, token, "failed", exit_code=None, reason=None)
-        self._watch(repository, run_id, name)
+        self._watch(repository, run_id, name, event.sha)
         return Started(run_ids=(run_id,), diagnostics=tuple(lines))
 
-    def _watch(self, repository: Repository, run_id: str, pipeline: str) -> None:
+    def _watch(self, repository: Repository, run_id: str, pipeline: str, sha: str) -> None:
         self.coordination.add(WATCHED, run_id)
-        self.on_status(repository, run_id, pipeline, "pending")
+        self.on_status(repository, run_id, pipeline, sha, "pending")
 
     # -- concurrency groups ---------------------------------------------------------------
 

@@ -52,16 +52,16 @@ class ServerRuntime:
 
     # -- commit statuses ---------------------------------------------------------------
 
-    def queue_status(self, repository: Repository, run_id: str, pipeline: str, state: str) -> None:
+    def queue_status(self, repository: Repository, run_id: str, pipeline: str, sha: str, state: str) -> None:
         """Queue one commit status for the run's commit; never blocks, never raises."""
         try:
-            self._queue_status(repository, run_id, pipeline, state)
+            self._queue_status(repository, run_id, pipeline, sha, state)
         except Exception as exc:  # a status is a courtesy to the forge: the run goes on regardless
             log.warning("commit status for run %s not queued: %s", run_id, exc)
             self._note(run_id, {"kind": "commit_status", "state": state, "outcome": "gave_up",
                                 "error": f"{type(exc).__name__}: {exc}"})
 
-    def _queue_status(self, repository: Repository, run_id: str, pipeline: str, state: str) -> None:
+    def _queue_status(self, repository: Repository, run_id: str, pipeline: str, sha: str, state: str) -> None:
         from coordinator.forge_status import build_request, context_for
 
         if self.status_sender is None or not repository.status_api:
@@ -70,10 +70,6 @@ class ServerRuntime:
         if not token:
             self._note(run_id, {"kind": "commit_status", "state": state, "outcome": "skipped",
                                 "error": f"{repository.status_token_env or 'status_token_env'} is not set"})
-            return
-        run = self.store.get_run(run_id)
-        sha = ((run.meta or {}).get("trigger") or {}).get("sha") if run is not None else None
-        if not sha:
             return
         target = f"{self.public_url}/runs/{run_id}" if self.public_url else ""
         request = build_request(repository.forge, repository.status_api, repository.name, sha, state,
@@ -137,7 +133,8 @@ class ServerRuntime:
                     from coordinator.forge_status import status_for_run
 
                     state = status_for_run(run.status, invalid=bool(meta.get("invalid")))
-                    self.queue_status(repository, run_id, run.pipeline, state)
+                    sha = (meta.get("trigger") or {}).get("sha", "")
+                    self.queue_status(repository, run_id, run.pipeline, sha, state)
                 self.coordination.discard(WATCHED, run_id)
 
 

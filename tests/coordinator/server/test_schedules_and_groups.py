@@ -104,6 +104,6 @@ def test_without_cancel_in_progress_the_newer_run_waits_its_turn(ci: CI) -> None
     run2 = ci.deliver(github_push(second, before=first))[1]["runs"][0]
     view1 = ci.wait_run(run1)
     view2 = ci.wait_run(run2)
-    assert view1["status"] == view2["status"] == "success"
+    assert view1["status"] == view2["status"] == "success", (view1["jobs"], view2["jobs"])
     # the second started only after the first ended
     assert view2["jobs"]["slow"]["started_at"] >= view1["jobs"]["slow"]["finished_at"]
